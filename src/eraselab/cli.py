@@ -1,0 +1,107 @@
+"""The `eraselab` command line: a thin layer over the library (one module per command in commands/).
+
+Every user-facing failure is an EraseLabError and prints as one line on stderr with exit status 2.
+
+Test hook: ERASELAB_EXTRA_MODULES="mod_a,mod_b" imports those modules before the command runs, so a test can
+register a stand-in evaluator (or inject faults) in a CLI subprocess, where it cannot call Python directly.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from . import __version__
+from .errors import EraseLabError
+
+app = typer.Typer(
+    name="eraselab",
+    help="Erase concepts from text-to-image diffusion models and measure what the erasure breaks.\n\n"
+         "Start with `eraselab demo` (runs on the embedded miniworld model, CPU, minutes).",
+    no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]})
+
+# Extension points: each module registers its commands. Missing modules (work in progress) are skipped.
+COMMAND_MODULES = ("generate", "models", "methods", "erase", "evaluate", "bench", "report", "demo", "miniworld")
+
+
+def _version_callback(value: bool):
+    if value:
+        typer.echo(f"eraselab {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+def _register_all() -> None:
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"eraselab.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"eraselab.commands.{name}":
+                continue
+            raise
+        module.register(app)
+
+
+_register_all()
+
+
+def _import_extra_modules() -> None:
+    for name in filter(None, (n.strip() for n in os.environ.get("ERASELAB_EXTRA_MODULES", "").split(","))):
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise EraseLabError(f"ERASELAB_EXTRA_MODULES names {name!r}, which cannot be imported ({exc}); fix "
+                                "the module name or PYTHONPATH, or unset the variable") from exc
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Library advice (e.g. transformers on optional image backends) would bury eraselab's one-line errors.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        _import_extra_modules()
+        app(args=argv, standalone_mode=False, prog_name="eraselab")
+    except EraseLabError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume where it stopped", file=sys.stderr)
+        return 130
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        print("aborted", file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if not _is_usage_error(exc):
+            raise
+        if type(exc).__name__ == "NoArgsIsHelpError":  # `eraselab` or a group alone: its help is the answer
+            print(exc.ctx.get_help())
+            return 0
+        command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "eraselab"
+        print(f"error: {' '.join(exc.format_message().split())} (see `{command} --help`)", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _is_usage_error(exc: Exception) -> bool:
+    """A command-line usage error: typer >= 0.20 raises those of its own vendored click (TyperException),
+    older typer those of click."""
+    if isinstance(exc, getattr(typer, "TyperException", ())):
+        return hasattr(exc, "format_message")
+    try:
+        import click
+    except ImportError:
+        return False
+    return isinstance(exc, click.ClickException)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

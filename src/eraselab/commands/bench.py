@@ -1,0 +1,45 @@
+"""`eraselab bench`: erase with several methods, generate, judge and compute the side-effect metrics."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from .options import comma_list, distinct, scoped_key_values
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("bench")
+    def bench_cmd(
+        model: str = typer.Option("miniworld", "--model", "-m", help="miniworld, a diffusers folder or a hub id."),
+        methods: str = typer.Option("uce,esd-x,ap", "--methods", help="Comma-separated methods (see `eraselab methods`)."),
+        target: list[str] = typer.Option(["circle"], "--target", "-t", help="Concept to erase (repeat for several)."),
+        preserve: list[str] = typer.Option([], "--preserve", help="Concept to preserve (repeat for several)."),
+        suites: str = typer.Option("see,erasebench", "--suites", help="Comma-separated suites, or suite .yaml files."),
+        evaluator: str = typer.Option("auto", "--evaluator", help="auto (oracle on miniworld, clip otherwise) or a name."),
+        seeds_per_prompt: int = typer.Option(None, "--seeds-per-prompt", help="Seeds per prompt (suite default if omitted)."),
+        steps: int = typer.Option(None, "--steps", help="Sampling steps (suite default if omitted)."),
+        guidance: float = typer.Option(None, "--guidance", help="CFG scale (suite default if omitted)."),
+        config: list[str] = typer.Option([], "--config", help="Method setting, METHOD.KEY=VALUE (repeatable)."),
+        suite_option: list[str] = typer.Option([], "--suite-option", help="Suite option, SUITE.KEY=VALUE, e.g. i2p.path=i2p.csv."),
+        batch_size: int = typer.Option(None, "--batch-size", help="Probes per batch (default: from free memory)."),
+        attention: bool = typer.Option(True, "--attention/--no-attention", help="Record cross-attention maps of the target."),
+        out: Path = typer.Option(Path("eraselab-bench"), "--out", "-o", help="Run folder (created; reused to resume)."),
+    ):
+        """Erase TARGET with each method, run the suites on the original and edited models, judge, and write
+        results.json + tables/*.csv to --out. Re-running resumes: cached edits, images and judgments are reused.
+
+        Example: eraselab bench --model miniworld --methods uce,esd-x --target circle --suites see,erasebench --out runs/circle
+        """
+        from ..bench import BenchSpec, run_bench
+        from .console import console, summary_table
+
+        spec = BenchSpec(model=model, methods=comma_list(methods), targets=distinct(target, "--target"),
+                         preserve=distinct(preserve, "--preserve"),
+                         suites=comma_list(suites), evaluator=evaluator, seeds_per_prompt=seeds_per_prompt,
+                         steps=steps, guidance=guidance, method_config=scoped_key_values(config, "--config"),
+                         suite_options=scoped_key_values(suite_option, "--suite-option"), batch_size=batch_size,
+                         attention=attention)
+        results = run_bench(spec, out, say=lambda m: console.print(f"[dim]·[/dim] {m}"))
+        console.print(summary_table(results))
+        console.print(f"results: {out / 'results.json'}")

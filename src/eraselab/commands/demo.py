@@ -1,0 +1,34 @@
+"""`eraselab demo`: the main job — erase one concept with three methods on miniworld and write the report."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from .options import comma_list
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("demo")
+    def demo_cmd(
+        model: str = typer.Option("miniworld", "--model", "-m", help="miniworld (CPU, minutes) or a real checkpoint."),
+        methods: str = typer.Option("uce,esd-x,ap", "--methods", help="Comma-separated methods."),
+        target: str = typer.Option("circle", "--target", "-t", help="The concept to erase."),
+        out: Path = typer.Option(Path("eraselab-demo"), "--out", "-o", help="Where the run and report go."),
+    ):
+        """Erase TARGET with each method, run the SEE and EraseBench suites on the original and edited models,
+        judge the images, and write report.html. A second run reuses every cached edit, image and judgment.
+
+        Example: eraselab demo            (miniworld, target circle, methods uce, esd-x, ap → ./eraselab-demo)
+        """
+        from ..bench import BenchSpec, run_bench
+        from ..report.html import write_report
+        from .console import console, summary_table
+
+        start = time.perf_counter()
+        spec = BenchSpec(model=model, methods=comma_list(methods), targets=(target,), suites=("see", "erasebench"))
+        results = run_bench(spec, out, say=lambda m: console.print(f"[dim]·[/dim] {m}"))
+        report = write_report(out)
+        console.print(summary_table(results))
+        console.print(f"report: [bold]{report.resolve()}[/bold]  ({time.perf_counter() - start:.0f} s)")

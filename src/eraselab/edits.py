@@ -1,0 +1,196 @@
+"""Edit: the result of an erasure — only the parameters that changed, plus what produced them.
+
+On disk an Edit is a folder with `edit.safetensors` (parameter name → new tensor, names prefixed by the
+component, e.g. `unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight`) and `edit.json`
+(method, config, targets, preserved concepts, base model fingerprint, seconds taken, library versions, extras
+such as the adversarial concepts AP chose or a loss curve). Inference-time methods (negative prompt, SLD) are
+Edits with no tensors and a `generation` hook in the metadata.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .atomic import atomic_write_bytes, atomic_write_text
+from .errors import EraseLabError
+from .models import fingerprint
+from .provenance import library_versions, sha256_hex, stable_json
+
+EDIT_TENSORS = "edit.safetensors"
+EDIT_META = "edit.json"
+FORMAT_VERSION = 1
+_APPLIED_ATTR = "_eraselab_applied_edit"
+
+
+@dataclass
+class Edit:
+    tensors: dict[str, torch.Tensor]
+    method: str
+    base_fingerprint: str
+    config: dict = field(default_factory=dict)
+    targets: list[str] = field(default_factory=list)
+    preserved: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    generation: dict = field(default_factory=dict)  # inference-time hook, e.g. {"negative_prompt": "circle"}
+    extras: dict = field(default_factory=dict)  # chosen adversarial concepts, loss curve, …
+    versions: dict = field(default_factory=library_versions)
+
+    # ---- identity -------------------------------------------------------------------------------------------
+    def content_hash(self) -> str:
+        """Identifies what the edit does to generation: tensors and the generation hook (not timings)."""
+        parts = [stable_json({"generation": self.generation, "base": self.base_fingerprint})]
+        for name in sorted(self.tensors):
+            t = self.tensors[name].detach().cpu().contiguous()
+            parts.append(f"{name}|{tuple(t.shape)}|{t.dtype}")
+            parts.append(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        return sha256_hex(*parts)[:16]
+
+    def metadata(self) -> dict:
+        return {"format_version": FORMAT_VERSION, "method": self.method, "config": self.config,
+                "targets": self.targets, "preserved": self.preserved, "base_fingerprint": self.base_fingerprint,
+                "seconds": self.seconds, "generation": self.generation, "extras": self.extras,
+                "versions": self.versions, "parameters": sorted(self.tensors), "edit_hash": self.content_hash()}
+
+    # ---- pipeline -------------------------------------------------------------------------------------------
+    def check_base(self, pipe) -> None:
+        fp = fingerprint(pipe)
+        if fp != self.base_fingerprint:
+            raise EraseLabError(f"this {self.method} edit was made for model {self.base_fingerprint}, but the loaded "
+                                f"model is {fp}; load the model the edit was made from")
+
+    def apply(self, pipe) -> None:
+        """Write the edited parameters into `pipe` in place, keeping the originals for `revert`."""
+        self.check_base(pipe)
+        current = getattr(pipe, _APPLIED_ATTR, None)
+        if current is not None:
+            current.revert(pipe)
+        params = named_parameters(pipe)
+        missing = [n for n in self.tensors if n not in params]
+        if missing:
+            raise EraseLabError(f"edit changes parameter {missing[0]} which the model does not have; the edit "
+                                "belongs to another architecture, load the model it was made from")
+        backup = {}
+        with torch.no_grad():
+            for name, new in self.tensors.items():
+                p = params[name]
+                if tuple(p.shape) != tuple(new.shape):
+                    raise EraseLabError(f"edit tensor {name} has shape {tuple(new.shape)} but the model's is "
+                                        f"{tuple(p.shape)}; the edit belongs to another architecture, load the "
+                                        "model it was made from")
+                backup[name] = p.detach().clone()
+                p.copy_(new.to(device=p.device, dtype=p.dtype))
+        self._backup = backup
+        setattr(pipe, _APPLIED_ATTR, self)
+
+    def revert(self, pipe) -> None:
+        """Restore the parameters `apply` overwrote."""
+        if getattr(pipe, _APPLIED_ATTR, None) is not self:
+            return
+        params = named_parameters(pipe)
+        with torch.no_grad():
+            for name, old in getattr(self, "_backup", {}).items():
+                params[name].copy_(old)
+        self._backup = {}
+        setattr(pipe, _APPLIED_ATTR, None)
+
+    # ---- disk -----------------------------------------------------------------------------------------------
+    def save(self, out_dir: str | Path) -> Path:
+        from safetensors.torch import save
+
+        out = Path(out_dir)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
+        # Tensors first, metadata last: a folder with edit.json is complete (load checks the hash).
+        atomic_write_bytes(out / EDIT_TENSORS, save(tensors) if tensors else save({}))
+        atomic_write_text(out / EDIT_META, json.dumps(self.metadata(), indent=1, default=str))
+        return out
+
+    @classmethod
+    def load(cls, folder: str | Path) -> "Edit":
+        from safetensors.torch import load
+
+        folder = Path(folder)
+        meta_path, tensor_path = folder / EDIT_META, folder / EDIT_TENSORS
+        if not meta_path.exists() or not tensor_path.exists():
+            raise EraseLabError(f"{folder} is not an edit folder (needs {EDIT_META} and {EDIT_TENSORS}); pass the "
+                                "--out folder of `eraselab erase`")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise EraseLabError(f"{meta_path} is not valid JSON; re-run `eraselab erase` to rebuild it") from exc
+        if not isinstance(meta, dict):
+            raise EraseLabError(f"{meta_path} is not an edit description (a JSON object); re-run `eraselab erase` to "
+                                "rebuild it")
+        try:
+            tensors = load(tensor_path.read_bytes())
+        except Exception as exc:  # safetensors raises its own error type for truncated/garbled files
+            raise EraseLabError(f"{tensor_path} is corrupted ({str(exc).splitlines()[0]}); re-run `eraselab "
+                                "erase` to rebuild it") from exc
+        for name, t in tensors.items():
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                raise EraseLabError(f"{tensor_path} holds non-finite values in {name}; re-run `eraselab erase`")
+        try:
+            edit = cls(tensors=tensors, method=meta["method"], base_fingerprint=meta["base_fingerprint"],
+                       config=meta.get("config", {}), targets=meta.get("targets", []),
+                       preserved=meta.get("preserved", []), seconds=float(meta.get("seconds", 0.0)),
+                       generation=meta.get("generation", {}), extras=meta.get("extras", {}),
+                       versions=meta.get("versions", {}))
+        except (KeyError, TypeError, ValueError) as exc:
+            what = f"lacks field {exc}" if isinstance(exc, KeyError) else f"has a field of the wrong type ({exc})"
+            raise EraseLabError(f"{meta_path} {what}; re-run `eraselab erase` to rebuild it") from exc
+        recorded = meta.get("edit_hash")
+        if recorded is not None and recorded != edit.content_hash():
+            raise EraseLabError(f"{tensor_path} does not match the hash recorded in {EDIT_META} (tampered or "
+                                "partly written); re-run `eraselab erase` to rebuild it")
+        return edit
+
+    def export_pipeline(self, pipe, out_dir: str | Path) -> Path:
+        """Write the edited model as a full diffusers folder (loadable without eraselab)."""
+        self.apply(pipe)
+        try:
+            pipe.save_pretrained(str(out_dir), safe_serialization=True)
+            atomic_write_text(Path(out_dir) / "eraselab_edit.json", json.dumps(self.metadata(), indent=1,
+                                                                               default=str))
+        finally:
+            self.revert(pipe)
+        return Path(out_dir)
+
+
+def named_parameters(pipe) -> dict[str, torch.nn.Parameter]:
+    """Parameters an Edit may change, under the names Edits use (component-prefixed)."""
+    from .models import fingerprinted_modules
+
+    out = {}
+    for comp, module in fingerprinted_modules(pipe).items():
+        for name, p in module.named_parameters():
+            out[f"{comp}.{name}"] = p
+    return out
+
+
+def edit_from_changes(pipe, before: dict[str, torch.Tensor], method: str, **meta) -> Edit:
+    """Build an Edit from the parameters that differ from `before` (a snapshot taken by `snapshot`)."""
+    params = named_parameters(pipe)
+    changed = {n: params[n].detach().cpu().clone() for n, old in before.items()
+               if not torch.equal(params[n].detach().cpu(), old)}
+    for n, t in changed.items():
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise EraseLabError(f"the {method} edit produced non-finite values in {n}; lower the learning rate or "
+                                "the erase scale")
+    return Edit(tensors=changed, method=method, base_fingerprint=fingerprint(pipe), **meta)
+
+
+def snapshot(pipe, names=None) -> dict[str, torch.Tensor]:
+    """Copies of the parameters (all, or `names`) before a method changes them in place.
+
+    Also fixes the base fingerprint now, while the weights are still the original ones."""
+    fingerprint(pipe)
+    params = named_parameters(pipe)
+    return {n: params[n].detach().cpu().clone() for n in (names if names is not None else params)}
+
+
+def applied_edit(pipe):
+    return getattr(pipe, _APPLIED_ATTR, None)
+
+

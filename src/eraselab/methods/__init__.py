@@ -1,0 +1,49 @@
+"""Concept erasure methods behind one interface: `erase(pipe, method, targets, preserve, **config) -> Edit`.
+
+Each method is one module registering one or more `Eraser` classes by the name the CLI uses.
+"""
+from __future__ import annotations
+
+from . import esd  # noqa: F401  (modules register their methods on import)
+from .base import Eraser, EraseRequest, MethodConfig
+from .params import check_cross_attention
+from .registry import get_method, method_names, register
+
+for _module in ("uce", "rece", "ap", "age", "ca", "negprompt", "sld"):
+    try:
+        __import__(f"{__name__}.{_module}")
+    except ModuleNotFoundError as _exc:  # a method still being written
+        if _exc.name != f"{__name__}.{_module}":
+            raise
+
+
+def build_request(method: str, targets, preserve=(), pipe=None, progress: bool = True, **config):
+    """Validate everything about an erasure that does not need the model's weights (pipe may be None)."""
+    eraser_cls = get_method(method)
+    targets, preserve = EraseRequest.clean_concepts(targets, preserve)
+    cfg = eraser_cls.Config.build(config, pipe=pipe, method=method)
+    return eraser_cls, EraseRequest(targets=targets, preserve=preserve, config=cfg, progress=progress)
+
+
+def erase(pipe, method: str, targets, preserve=(), progress: bool = True, **config):
+    """Erase `targets` from `pipe` with `method`; returns an `eraselab.edits.Edit` and leaves `pipe` unchanged.
+
+    `config` keys are the method's (see `eraselab methods`); preset="auto" picks SD 1.x reference defaults or the
+    scaled-down miniworld ones by the model.
+    """
+    eraser_cls, request = build_request(method, targets, preserve, pipe=pipe, progress=progress, **config)
+    if eraser_cls.needs_cross_attention:
+        check_cross_attention(pipe)
+    return eraser_cls().erase(pipe, request)
+
+
+__all__ = [
+    "EraseRequest",
+    "Eraser",
+    "MethodConfig",
+    "build_request",
+    "erase",
+    "get_method",
+    "method_names",
+    "register",
+]

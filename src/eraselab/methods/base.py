@@ -1,0 +1,181 @@
+"""The Eraser interface, the erasure request, and typed method configs with validation and presets.
+
+Every method is one `Eraser` subclass with a `Config` dataclass whose field defaults are the reference values
+for Stable Diffusion 1.x (preset "sd"). `Config.miniworld` lists the fields the scaled-down "miniworld" preset
+changes (the embedded model has 8×8 latents and a small text encoder, so it needs fewer steps). Preset "auto"
+picks "miniworld" for the embedded model or any UNet under 50 M parameters, else "sd".
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+from ..errors import EraseLabError
+
+PRESETS = ("auto", "sd", "miniworld")
+TINY_UNET_PARAMS = 50_000_000
+
+
+@dataclass
+class MethodConfig:
+    """Fields shared by every method. Subclasses add theirs; `miniworld` holds the scaled-down preset."""
+
+    seed: int = 0
+    preset: str = "auto"
+
+    miniworld: ClassVar[dict] = {}
+    # One line per field for `eraselab methods` and error messages.
+    help: ClassVar[dict] = {"seed": "random seed of everything the method samples",
+                            "preset": "defaults: auto (by model size), sd (SD 1.x reference) or miniworld"}
+
+    @classmethod
+    def field_types(cls) -> dict[str, type]:
+        hints = typing.get_type_hints(cls)
+        return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def build(cls, overrides: dict, pipe=None, method: str = "") -> MethodConfig:
+        """Validate user overrides (strings from the CLI are parsed) and apply the preset chosen for `pipe`."""
+        types = cls.field_types()
+        values = {}
+        for key, raw in overrides.items():
+            if key not in types:
+                raise EraseLabError(f"unknown config key {key!r} for method {method or cls.__name__}; valid keys: "
+                                    f"{', '.join(sorted(types))}")
+            values[key] = coerce(raw, types[key], key)
+        preset = values.get("preset", "auto")
+        if preset not in PRESETS:
+            raise EraseLabError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
+        if preset == "auto":
+            preset = auto_preset(pipe) if pipe is not None else "sd"
+        merged = {**(cls.miniworld if preset == "miniworld" else {}), **values, "preset": preset}
+        config = cls(**merged)
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        """Range checks; subclasses extend. Raise EraseLabError naming the key."""
+
+    def as_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _bool(text: str, key: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise EraseLabError(f"config {key} must be true or false, not {text!r}")
+
+
+def coerce(value, typ, key: str):
+    """`value` as `typ` (int, float, bool, str); CLI strings are parsed, other mismatches are errors."""
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            return _bool(value, key)
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif typ is float:
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is not None:
+            if not math.isfinite(number):  # nan/inf parse as floats but break every method's arithmetic
+                raise EraseLabError(f"config {key} must be a finite number, not {value!r}")
+            return number
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - configs only use the four scalar types
+        raise TypeError(f"config field {key} has unsupported type {typ}")
+    raise EraseLabError(f"config {key} must be {typ.__name__}, not {value!r}")
+
+
+def auto_preset(pipe) -> str:
+    from ..models import MINIWORLD, model_source
+
+    unet = getattr(pipe, "unet", None)
+    if model_source(pipe) == MINIWORLD:
+        return "miniworld"
+    if unet is not None and sum(p.numel() for p in unet.parameters()) < TINY_UNET_PARAMS:
+        return "miniworld"
+    return "sd"
+
+
+def positive(config, *names: str) -> None:
+    for n in names:
+        if not getattr(config, n) > 0:
+            raise EraseLabError(f"config {n} must be positive, got {getattr(config, n)}")
+
+
+def non_negative(config, *names: str) -> None:
+    for n in names:
+        if getattr(config, n) < 0:
+            raise EraseLabError(f"config {n} must be zero or positive, got {getattr(config, n)}")
+
+
+def one_of(config, name: str, choices) -> None:
+    if getattr(config, name) not in choices:
+        raise EraseLabError(f"config {name} must be one of {', '.join(choices)}, not {getattr(config, name)!r}")
+
+
+@dataclass
+class EraseRequest:
+    """What to erase: target concepts, concepts to keep, and the validated method config."""
+
+    targets: list[str]
+    preserve: list[str] = field(default_factory=list)
+    config: MethodConfig = field(default_factory=MethodConfig)
+    progress: bool = True
+
+    @staticmethod
+    def clean_concepts(targets, preserve) -> tuple[list[str], list[str]]:
+        if isinstance(targets, str):
+            targets = [targets]
+        if isinstance(preserve, str):
+            preserve = [preserve]
+        targets = [str(t).strip() for t in (targets or [])]
+        preserve = [str(p).strip() for p in (preserve or [])]
+        if not targets:
+            raise EraseLabError("no target concept given; pass at least one --target")
+        if any(not t for t in targets):
+            raise EraseLabError("a target concept is empty; pass a non-empty --target")
+        if any(not p for p in preserve):
+            raise EraseLabError("a preserved concept is empty; drop the empty --preserve")
+        both = [t for t in targets if t.lower() in {p.lower() for p in preserve}]
+        if both:
+            raise EraseLabError(f"{both[0]!r} is both a target and a preserved concept; pass it to only one of "
+                                "--target and --preserve")
+        dedup = lambda xs: list(dict.fromkeys(xs))
+        return dedup(targets), dedup(preserve)
+
+
+class Eraser:
+    """One erasure method. Subclasses set `name`, `description`, `Config`, and implement `run`."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    # Inference-time methods change guidance, not weights, so they work on any model.
+    needs_cross_attention: ClassVar[bool] = True
+
+    def erase(self, pipe, request: EraseRequest):
+        """Return an Edit; the pipeline's weights are left as they were."""
+        raise NotImplementedError

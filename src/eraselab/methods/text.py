@@ -1,0 +1,70 @@
+"""Text encoding for the methods: one text-encoder pass per distinct prompt, and the token positions used."""
+from __future__ import annotations
+
+import torch
+
+
+class PromptEncoder:
+    """Encodes prompts with the pipeline's tokenizer and text encoder, caching by prompt.
+
+    `passes` counts text-encoder forward passes per prompt, so callers (and tests) can check that no prompt
+    is encoded twice.
+    """
+
+    def __init__(self, pipe, batch_size: int = 64):
+        self.tokenizer, self.text_encoder = pipe.tokenizer, pipe.text_encoder
+        self.device = pipe.text_encoder.device
+        self.batch_size = batch_size
+        self._cache: dict[str, torch.Tensor] = {}
+        self._lengths: dict[str, int] = {}
+        self.passes: dict[str, int] = {}
+
+    def _tokenize(self, prompts: list[str]):
+        return self.tokenizer(prompts, padding="max_length", max_length=self.tokenizer.model_max_length,
+                              truncation=True, return_tensors="pt")
+
+    @torch.no_grad()
+    def __call__(self, prompts) -> torch.Tensor:
+        """The text encoder's last hidden states for `prompts`: (n, tokens, d), float32 on the encoder's device."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
+        for i in range(0, len(todo), self.batch_size):
+            chunk = todo[i:i + self.batch_size]
+            hidden, lengths = self._forward(chunk)
+            for j, p in enumerate(chunk):
+                self._cache[p] = hidden[j]
+                self._lengths[p] = lengths[j]
+        return torch.stack([self._cache[p] for p in prompts]) if prompts else torch.empty(0)
+
+    @torch.no_grad()
+    def encode_uncached(self, prompts: list[str]) -> torch.Tensor:
+        """Like calling the encoder, without keeping the results (for scanning large vocabularies)."""
+        out = [self._forward(prompts[i:i + self.batch_size])[0] for i in range(0, len(prompts), self.batch_size)]
+        return torch.cat(out)
+
+    def _forward(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        tokens = self._tokenize(prompts)
+        hidden = self.text_encoder(tokens.input_ids.to(self.device))[0].float()
+        for p in prompts:
+            self.passes[p] = self.passes.get(p, 0) + 1
+        return hidden, [int(n) for n in tokens.attention_mask.sum(1)]
+
+    def last_subject_index(self, prompt: str) -> int:
+        """Position of the prompt's last word token (just before the end-of-text token; 0 for "")."""
+        if prompt not in self._lengths:
+            self([prompt])
+        return max(self._lengths[prompt] - 2, 0)
+
+
+# miniworld's captions always name an object as "a circle": its small text encoder (causal, 64-wide) gives the
+# bare word a vector far from the one it has in every caption, so methods condition on the caption form there.
+MINIWORLD_TEMPLATE = "a {}"
+
+
+def concept_prompt(pipe, concept: str) -> str:
+    """The prompt a method conditions on for `concept`: the bare concept (as the reference code does), or its
+    caption form on the embedded miniworld model."""
+    from ..models import MINIWORLD, model_source
+
+    return MINIWORLD_TEMPLATE.format(concept) if model_source(pipe) == MINIWORLD else concept
+

@@ -1,0 +1,136 @@
+"""Shared machinery of the fine-tuning methods (ESD, AP, AGE, CA): the trained parameter group with its Adam,
+the frozen original model θ*, seeded sampling, the progress bar, the loss log, and putting the caller's
+weights back afterwards."""
+from __future__ import annotations
+
+import math
+import time
+from contextlib import contextmanager
+
+import torch
+
+from .. import edits
+from ..errors import EraseLabError
+from .diffusion import unet_out
+from .params import parameter_group, unet_prefixed
+
+CURVE_POINTS = 200
+
+
+class TrainingSession:
+    """Trains a parameter group of `pipe.unet` in place; `finish()` returns the Edit and restores the pipe.
+
+    The frozen model θ* is the same UNet called with the original values of the trained parameters
+    (torch.func.functional_call), so it costs the memory of the trained group, not a second UNet.
+    """
+
+    def __init__(self, pipe, group: str, lr: float, seed: int):
+        unet = pipe.unet
+        if unet.dtype != torch.float32:
+            raise EraseLabError(f"fine-tuning needs float32 weights but the UNet is {unet.dtype}; load the model "
+                                "without a half-precision dtype")
+        if edits.applied_edit(pipe) is not None:
+            raise EraseLabError("the pipeline already has an edit applied; revert it (edit.revert(pipe)) before "
+                                "erasing, so the new edit is relative to the base model")
+        self.pipe, self.unet, self.group = pipe, unet, group
+        self.names = parameter_group(unet, group)
+        self.started = time.perf_counter()
+        self.before = edits.snapshot(pipe, unet_prefixed(self.names))
+        params = dict(unet.named_parameters())
+        self.originals = {n: params[n].detach().clone() for n in self.names}
+        self._grad_flags = {n: p.requires_grad for n, p in params.items()}
+        unet.requires_grad_(False)
+        self.trained = [params[n] for n in self.names]
+        for p in self.trained:
+            p.requires_grad_(True)
+        self.optimizer = torch.optim.Adam(self.trained, lr=lr)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.device = unet.device
+        self.losses: list[float] = []
+
+    # ---- models ---------------------------------------------------------------------------------------------
+    def trained_out(self, x, t, cond):
+        return unet_out(self.unet, x, t, cond)
+
+    def frozen_out(self, x, t, cond):
+        """θ*'s prediction; differentiable in the inputs (AP's concept search needs that), not in θ."""
+        return torch.func.functional_call(self.unet, self.originals, (x, self._t(x, t)),
+                                          {"encoder_hidden_states": self._c(x, cond)}).sample
+
+    @staticmethod
+    def _t(x, t):
+        tt = torch.as_tensor(t, device=x.device)
+        return tt.expand(x.shape[0]) if tt.dim() == 0 else tt
+
+    @staticmethod
+    def _c(x, cond):
+        cond = cond.unsqueeze(0) if cond.dim() == 2 else cond
+        return cond.expand(x.shape[0], -1, -1).to(x.dtype) if cond.shape[0] != x.shape[0] else cond.to(x.dtype)
+
+    def randn(self, shape) -> torch.Tensor:
+        return torch.randn(shape, generator=self.generator).to(self.device)
+
+    def choice(self, items):
+        return items[int(torch.randint(len(items), (1,), generator=self.generator))]
+
+    # ---- optimisation ---------------------------------------------------------------------------------------
+    def step(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise EraseLabError("the training loss became non-finite; lower the learning rate")
+        self.losses.append(value)
+        return value
+
+    def finish(self, method: str, config: dict, targets, preserved, extras: dict | None = None) -> edits.Edit:
+        """The Edit of the trained parameters; the pipeline gets its original weights back."""
+        try:
+            extras = {**(extras or {}), **loss_summary(self.losses)}
+            return edits.edit_from_changes(self.pipe, self.before, method, config=config, targets=list(targets),
+                                           preserved=list(preserved), seconds=self.seconds(), extras=extras)
+        finally:
+            self.restore()
+
+    def seconds(self) -> float:
+        return round(time.perf_counter() - self.started, 3)
+
+    def restore(self) -> None:
+        params = dict(self.unet.named_parameters())
+        with torch.no_grad():
+            for n, old in self.originals.items():
+                params[n].copy_(old)
+        for n, p in params.items():
+            p.requires_grad_(self._grad_flags[n])
+            p.grad = None
+
+
+def loss_summary(losses: list[float]) -> dict:
+    """The loss curve (bucket means, at most CURVE_POINTS points) and the mean loss of the first/last tenth."""
+    if not losses:
+        return {}
+    n = len(losses)
+    size = max(1, -(-n // CURVE_POINTS))
+    curve = [sum(losses[i:i + size]) / len(losses[i:i + size]) for i in range(0, n, size)]
+    tenth = max(1, n // 10)
+    return {"loss_curve": [round(v, 6) for v in curve], "loss_curve_bucket": size,
+            "loss_first": sum(losses[:tenth]) / tenth, "loss_last": sum(losses[-tenth:]) / tenth}
+
+
+@contextmanager
+def progress_bar(total: int, description: str, enabled: bool = True):
+    """Yields `advance(loss)`; a rich progress bar when enabled, nothing otherwise."""
+    if not enabled:
+        yield lambda loss=None: None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                  TextColumn("{task.fields[loss]}"), transient=False) as bar:
+        task = bar.add_task(description, total=total, loss="")
+
+        def advance(loss=None):
+            bar.update(task, advance=1, loss=f"loss {loss:.4g}" if loss is not None else "")
+
+        yield advance

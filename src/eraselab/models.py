@@ -1,0 +1,280 @@
+"""Load and identify text-to-image pipelines: diffusers folders, hub ids, the embedded miniworld model,
+and tiny random pipelines built from configs for tests."""
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import contextmanager
+from importlib import resources
+from pathlib import Path
+
+import torch
+
+from .errors import EraseLabError
+
+MINIWORLD = "miniworld"
+_TOKENIZER_DIR = "data/clip_tokenizer"
+# Attribute names under which eraselab keeps its bookkeeping on a loaded pipeline object.
+_FINGERPRINT_ATTR = "_eraselab_fingerprint"
+_SOURCE_ATTR = "_eraselab_source"
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+
+
+def package_path(relative: str) -> Path:
+    return Path(str(resources.files("eraselab") / relative))
+
+
+def clip_tokenizer():
+    """The real CLIP BPE tokenizer (49,408 ids, 77 tokens), from the vocabulary shipped in the package."""
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(str(package_path(_TOKENIZER_DIR)))
+
+
+def miniworld_weights_dir() -> Path:
+    return package_path("miniworld/weights")
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load_pipeline(model: str, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+                  trust_pickle: bool = False):
+    """Load a Stable-Diffusion-family pipeline.
+
+    `model` is "miniworld" (the embedded default), a local diffusers folder, a single-file checkpoint
+    (.safetensors; .ckpt pickles only with trust_pickle=True) or a hub id (looked up in the local cache when
+    HF_HUB_OFFLINE=1). The safety checker is disabled, as in the reference erasure code, so that a black image
+    is never mistaken for a successful erasure.
+    """
+    if not isinstance(model, str) or not model.strip():
+        raise EraseLabError("no model given; pass --model miniworld, a diffusers folder or a hub id")
+    if device is not None:
+        device = _usable_device(device)  # before the weights load: a typo should fail in a second
+    path = Path(model).expanduser()
+    if model == MINIWORLD:
+        path = miniworld_weights_dir()
+        if not (path / "model_index.json").exists():
+            raise EraseLabError("the miniworld weights are not in this install; train them with "
+                                "`eraselab miniworld train --out DIR` and pass --model DIR")
+        pipe = _from_folder(path)
+    elif path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise EraseLabError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder "
+                                "written by save_pretrained, or a hub id")
+        pipe = _from_folder(path)
+    elif path.suffix in SINGLE_FILE_SUFFIXES:
+        pipe = _from_single_file(path, trust_pickle)
+    elif path.exists():
+        raise EraseLabError(f"{path} is neither a diffusers folder nor a checkpoint file "
+                            f"({', '.join(SINGLE_FILE_SUFFIXES)}); pass a folder written by save_pretrained, a "
+                            ".safetensors checkpoint or a hub id")
+    elif "/" in model and not model.startswith((".", "/")) and model.count("/") == 1:
+        pipe = _from_hub(model)
+    else:
+        raise EraseLabError(f"model {model!r} does not exist; pass --model miniworld, a diffusers folder or a "
+                            "hub id like CompVis/stable-diffusion-v1-4")
+    _check_tokenizer(pipe, model)
+    setattr(pipe, _SOURCE_ATTR, model)
+    if dtype is not None:
+        pipe.to(dtype=dtype)
+    if device is not None:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _check_tokenizer(pipe, model: str) -> None:
+    """A folder without its tokenizer still loads (transformers builds an empty one whose max length is 1e30),
+    and fails later deep inside tokenization; refuse it here, where the problem is."""
+    tokenizer, encoder = getattr(pipe, "tokenizer", None), getattr(pipe, "text_encoder", None)
+    limit = getattr(getattr(encoder, "config", None), "max_position_embeddings", None)
+    if tokenizer is None or not limit:
+        return
+    if not 0 < int(tokenizer.model_max_length) <= int(limit):
+        raise EraseLabError(f"the tokenizer of {model} is missing or incomplete (max length "
+                            f"{tokenizer.model_max_length}, the text encoder has {limit} positions); restore its "
+                            "tokenizer folder")
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def pick_device(device: str | torch.device | None = None) -> str | torch.device:
+    """The device to run on: None or "auto" → the GPU when PyTorch sees one, else CPU; anything else is returned
+    as given (load_pipeline / the evaluators check it and name a wrong one in a one-line error)."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return device
+
+
+def _usable_device(device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise EraseLabError(f"{device!r} is not a device name; pass cpu, cuda or cuda:N") from exc
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise EraseLabError(f"device {device!r} asked for, but this machine has no CUDA GPU PyTorch can use; "
+                            "pass --device cpu")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise EraseLabError(f"device {device!r} does not exist (this machine has {torch.cuda.device_count()} "
+                            "GPU(s)); pass cuda:0 … or cpu")
+    return dev
+
+
+def _pipeline_kwargs() -> dict:
+    return {"safety_checker": None, "requires_safety_checker": False}
+
+
+@contextmanager
+def _quiet_loading():
+    """No diffusers/transformers loading bars: eraselab shows its own progress, and a failed load should end in
+    one error line, not in half-drawn bars."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    before = diffusers_logging.is_progress_bar_enabled(), transformers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if before[0]:
+            diffusers_logging.enable_progress_bar()
+        if before[1]:
+            transformers_logging.enable_progress_bar()
+
+
+def _from_folder(path: Path):
+    from diffusers import DiffusionPipeline
+
+    try:
+        with _quiet_loading():
+            return DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **_pipeline_kwargs())
+    except Exception as exc:  # a damaged folder fails in many ways (safetensors, JSON, class and shape errors)
+        raise EraseLabError(f"could not load the pipeline in {path}: {_first_line(exc)}; check that the "
+                            "folder is complete (model_index.json and every component's weights)") from exc
+
+
+def _from_hub(model_id: str):
+    from diffusers import DiffusionPipeline
+
+    try:
+        with _quiet_loading():
+            return DiffusionPipeline.from_pretrained(model_id, local_files_only=_offline(), **_pipeline_kwargs())
+    except Exception as exc:  # hub errors come in many classes (OSError, HTTP errors, LocalEntryNotFoundError)
+        raise EraseLabError(f"model {model_id} is not in the local cache; download it with `hf download "
+                            f"{model_id}` on a machine with network access, or pass a folder") from exc
+
+
+def _from_single_file(path: Path, trust_pickle: bool):
+    if not path.exists():
+        raise EraseLabError(f"model file {path} does not exist; pass an existing file or folder")
+    if path.suffix != ".safetensors" and not trust_pickle:
+        raise EraseLabError(f"{path.name} is a pickle checkpoint, which can run arbitrary code when loaded; "
+                            "convert it to safetensors or pass --trust-pickle if you trust its source")
+    from diffusers import StableDiffusionPipeline
+
+    try:
+        with _quiet_loading():
+            return StableDiffusionPipeline.from_single_file(str(path), local_files_only=True, **_pipeline_kwargs())
+    except Exception as exc:
+        raise EraseLabError(f"could not load single-file checkpoint {path}: {_first_line(exc)}; "
+                            "pass a diffusers folder instead") from exc
+
+
+def fingerprinted_modules(pipe) -> dict[str, torch.nn.Module]:
+    """The modules whose weights identify a model: the denoiser and the text encoder(s)."""
+    names = ("unet", "transformer", "text_encoder", "text_encoder_2")
+    return {n: getattr(pipe, n) for n in names if isinstance(getattr(pipe, n, None), torch.nn.Module)}
+
+
+def compute_fingerprint(pipe) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of the UNet and text-encoder parameters (first 16 hex)."""
+    h = hashlib.sha256()
+    for comp, module in fingerprinted_modules(pipe).items():
+        for name, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().to("cpu").contiguous()
+            h.update(f"{comp}.{name}|{tuple(t.shape)}|{t.dtype}".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def fingerprint(pipe) -> str:
+    """The base model's fingerprint, computed once per loaded pipeline (edits applied later do not change it)."""
+    fp = getattr(pipe, _FINGERPRINT_ATTR, None)
+    if fp is None:
+        fp = compute_fingerprint(pipe)
+        setattr(pipe, _FINGERPRINT_ATTR, fp)
+    return fp
+
+
+def model_source(pipe) -> str:
+    return getattr(pipe, _SOURCE_ATTR, "in-memory")
+
+
+def tiny_random_pipeline(seed: int = 0, sd1_shapes: bool = False, text_dim: int = 32):
+    """A deterministic tiny StableDiffusionPipeline built from configs (random weights), for tests.
+
+    sd1_shapes=True gives SD 1.x's text width (768) and its 16 cross-attention blocks (2+2+2 down, 1 mid,
+    3+3+3 up) with narrow channels, so closed-form methods meet real matrix shapes.
+    """
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    torch.manual_seed(seed)
+    if sd1_shapes:
+        text_dim = 768
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=2,
+            block_out_channels=(32, 32, 64, 64), norm_num_groups=8, cross_attention_dim=text_dim,
+            down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+            up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, attention_head_dim=8)
+    else:
+        unet = UNet2DConditionModel(
+            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
+            norm_num_groups=8, cross_attention_dim=text_dim,
+            down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), attention_head_dim=8)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64),
+                        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, sample_size=16)
+    torch.manual_seed(seed + 2)
+    text_config = CLIPTextConfig(vocab_size=49408, hidden_size=text_dim, intermediate_size=2 * text_dim,
+                                 num_hidden_layers=2, num_attention_heads=4 if text_dim % 4 == 0 else 1,
+                                 max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                                 pad_token_id=49407)
+    text_encoder = CLIPTextModel(text_config)
+    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                              clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), unet=unet,
+                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    setattr(pipe, _SOURCE_ATTR, f"tiny-random(seed={seed}{', sd1' if sd1_shapes else ''})")
+    return pipe.to("cpu")
+
+
+def default_image_size(pipe) -> int:
+    return int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+
+
+def list_local_models() -> list[dict]:
+    """Pipelines usable offline: the embedded miniworld model and diffusers pipelines in the hub cache."""
+    found = []
+    if (miniworld_weights_dir() / "model_index.json").exists():
+        found.append({"model": MINIWORLD, "where": str(miniworld_weights_dir()), "kind": "embedded"})
+    try:
+        from huggingface_hub import scan_cache_dir
+
+        for repo in scan_cache_dir().repos:
+            for rev in repo.revisions:
+                if any(f.file_name == "model_index.json" for f in rev.files):
+                    found.append({"model": repo.repo_id, "where": str(rev.snapshot_path), "kind": "hub cache"})
+                    break
+    except Exception:  # no cache directory yet: nothing cached, not an error
+        pass
+    return found

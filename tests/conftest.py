@@ -1,0 +1,42 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a failed hub look-up costs ~30 s each
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One torch thread for the whole test run: on a 2-core machine shared with other processes (CI jobs,
+    subprocesses the tests start), OpenMP threads spinning against each other slow a tiny UNet call from
+    ~0.05 s to seconds. Subprocess tests set OMP_NUM_THREADS=1 for the same reason."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipe_factory():
+    """Build tiny random pipelines once per seed per session (they take a few seconds each)."""
+    from eraselab.models import tiny_random_pipeline
+
+    cache = {}
+
+    def make(seed: int = 0, sd1_shapes: bool = False):
+        key = (seed, sd1_shapes)
+        if key not in cache:
+            cache[key] = tiny_random_pipeline(seed, sd1_shapes=sd1_shapes)
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture
+def tiny_pipe():
+    """A fresh tiny pipeline a test may modify."""
+    from eraselab.models import tiny_random_pipeline
+
+    return tiny_random_pipeline(0)

@@ -1,0 +1,113 @@
+"""End-to-end bench → report on a tiny random pipeline, with a deterministic stand-in evaluator.
+
+(The miniworld end-to-end bench with the oracle lives in test_demo.py.)"""
+import json
+import re
+
+import numpy as np
+import pytest
+
+from eraselab.bench import BenchSpec, run_bench
+from eraselab.errors import EraseLabError
+from eraselab.evaluators.base import Evaluator, register_evaluator
+
+
+@register_evaluator("brightness")
+class BrightnessEvaluator(Evaluator):
+    """Sees a probe's concept when the image is bright: a stand-in judge whose verdicts depend on pixels."""
+
+    name = "brightness"
+    version = "1"
+
+    def judge(self, images, probes):
+        return [{"labels": [p.concepts[0]] if p.concepts and np.asarray(im).mean() > 110 else [], "scores": {}}
+                for im, p in zip(images, probes)]
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    from eraselab.models import tiny_random_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny")
+    tiny_random_pipeline(0).save_pretrained(str(folder))
+    return folder
+
+
+def _spec(model_dir, **kw):
+    base = dict(model=str(model_dir), methods=("uce",), targets=("car",), suites=("see", "erasebench"),
+                evaluator="brightness", seeds_per_prompt=1, steps=2)
+    base.update(kw)
+    return BenchSpec(**base)
+
+
+@pytest.fixture(scope="module")
+def bench_run(tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    results = run_bench(_spec(tiny_model_dir), out, say=lambda m: None, progress=False)
+    return out, results
+
+
+def test_bench_writes_results_with_provenance(bench_run):
+    out, results = bench_run
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["results_hash"] == results["results_hash"]
+    assert set(saved["methods"]) == {"uce"}
+    assert saved["model"]["fingerprint"] and saved["evaluator"]["name"] == "brightness"
+    assert {"torch", "diffusers"} <= set(saved["versions"])
+    metrics = saved["methods"]["uce"]["metrics"]
+    assert "erasebench.hm" in metrics and "target.recognition" in metrics
+    aspects = {e["aspect"] for e in saved["images"]}
+    assert {"target", "sibling", "parent", "unrelated"} <= aspects
+    for e in saved["images"]:  # every image the table names exists
+        for d in e["variants"].values():
+            assert (out / d["image"]).exists()
+    assert (out / "tables" / "metrics.csv").read_text().startswith("method,metric,value")
+
+
+def test_second_bench_run_reuses_everything(bench_run, tiny_model_dir, monkeypatch):
+    out, results = bench_run
+    import eraselab.generate as gen
+    import eraselab.methods as methods
+
+    def boom(*a, **k):
+        raise AssertionError("should have been cached")
+
+    monkeypatch.setattr(methods, "erase", boom)
+    monkeypatch.setattr(gen, "_denoise", boom)
+    again = run_bench(_spec(tiny_model_dir), out, say=lambda m: None, progress=False)
+    assert again["results_hash"] == results["results_hash"]
+
+
+def test_report_is_escaped_and_complete(bench_run):
+    from eraselab.report.html import write_report
+
+    out, _ = bench_run
+    results = json.loads((out / "results.json").read_text())
+    results["images"][0]["prompt"] = "<script>alert(1)</script>"
+    (out / "results.json").write_text(json.dumps(results))
+    html = write_report(out).read_text()
+    assert "<script>alert(1)</script>" not in html and "&lt;script&gt;" in html
+    assert html.count('<tr class="method">') == 1
+    for src in re.findall(r'src="([^"]+)"', html):
+        assert (out / src).exists(), src
+    assert (out / "report.md").read_text().startswith("# eraselab")
+
+
+def test_bench_bad_input_is_refused_before_work(tiny_model_dir, tmp_path):
+    with pytest.raises(EraseLabError, match="unknown method"):
+        run_bench(_spec(tiny_model_dir, methods=("nope",)), tmp_path / "a", say=lambda m: None)
+    with pytest.raises(EraseLabError, match="unknown suite"):
+        run_bench(_spec(tiny_model_dir, suites=("nope",)), tmp_path / "b", say=lambda m: None)
+    with pytest.raises(EraseLabError, match="unknown evaluator"):
+        run_bench(_spec(tiny_model_dir, evaluator="nope"), tmp_path / "c", say=lambda m: None)
+    assert not (tmp_path / "a").exists()
+
+
+def test_report_renders_in_headless_browser(bench_run, tmp_path):
+    """The report loads in a real browser with no console errors, every image resolves, one row per method."""
+    from report_browser import check_in_browser
+
+    from eraselab.report.html import write_report
+
+    out, _ = bench_run
+    check_in_browser(write_report(out), tmp_path, methods=1)

@@ -1,0 +1,67 @@
+"""Effect of each method on the miniworld model, judged by the miniworld oracle (slow; needs the shipped weights).
+
+Erasing "circle" must drop the oracle's circle rate on "a circle" prompts to ≤ 20 % of the original model's
+(≤ 50 % for the negative prompt), while the star rate on "a star" prompts stays ≥ 80 % of the original's.
+"""
+import pytest
+import torch
+
+import eraselab
+from eraselab.models import miniworld_weights_dir
+
+pytestmark = pytest.mark.slow
+
+N = 48  # seeds per prompt
+METHODS = ["esd-x", "esd-u", "esd-x-strict", "uce", "rece", "ap", "age", "ca", "negprompt", "sld"]
+
+
+def _assets_missing() -> str | None:
+    folder = miniworld_weights_dir()
+    if not (folder / "model_index.json").exists():
+        return f"the miniworld model is not in {folder} yet (train it with `eraselab miniworld train`)"
+    try:
+        from eraselab.miniworld.oracle import WEIGHTS_NAME
+    except ImportError:
+        return "eraselab.miniworld.oracle is not available"
+    if not (folder / WEIGHTS_NAME).exists():
+        return f"the miniworld oracle weights ({WEIGHTS_NAME}) are not in {folder} yet"
+    return None
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    reason = _assets_missing()
+    if reason:
+        pytest.skip(reason)
+    from eraselab.miniworld.oracle import Oracle
+    from eraselab.store import RunStore
+
+    pipe = eraselab.load_pipeline("miniworld", device="cuda" if torch.cuda.is_available() else "cpu")
+    store = RunStore(tmp_path_factory.mktemp("effect-store"))
+    oracle = Oracle.load(device=pipe.device)
+    base = {c: rate(pipe, store, oracle, c, None) for c in ("circle", "star")}
+    assert base["circle"] > 0.3 and base["star"] > 0.3, f"the original model barely draws the classes: {base}"
+    return pipe, store, oracle, base
+
+
+def rate(pipe, store, oracle, concept, edit) -> float:
+    """Share of N seeded "a <concept>" images in which the oracle finds that class."""
+    from eraselab.generate import generate, images_for
+    from eraselab.probes import Probe
+
+    probes = [Probe(prompt=f"a {concept}", seed=s, concepts=(concept,)) for s in range(N)]
+    keys = generate(pipe, probes, store, edit=edit, progress=False)
+    rows = oracle.predict(images_for(store, keys))
+    return sum(any(o["class"] == concept for o in r["objects"]) for r in rows) / len(rows)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_erasing_circle_on_miniworld(world, method):
+    pipe, store, oracle, base = world
+    edit = eraselab.erase(pipe, method, ["circle"], progress=False)
+    circle, star = rate(pipe, store, oracle, "circle", edit), rate(pipe, store, oracle, "star", edit)
+    limit = 0.5 if method == "negprompt" else 0.2
+    print(f"{method}: circle {base['circle']:.2f}→{circle:.2f}, star {base['star']:.2f}→{star:.2f}, "
+          f"{edit.seconds:.1f} s")
+    assert circle <= limit * base["circle"], (method, base, circle)
+    assert star >= 0.8 * base["star"], (method, base, star)

@@ -1,0 +1,66 @@
+"""The shipped miniworld model: loads offline as a StableDiffusionPipeline, generates, and is far above chance
+on a quick oracle check that a random-init pipeline of the same architecture fails."""
+import json
+
+import pytest
+
+from eraselab.models import load_pipeline, miniworld_weights_dir
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return load_pipeline("miniworld")
+
+
+@pytest.fixture(scope="module")
+def oracle():
+    from eraselab.miniworld.oracle import Oracle
+
+    return Oracle.load()
+
+
+def test_shipped_weights_are_a_small_sd_pipeline(pipe):
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    assert isinstance(pipe, StableDiffusionPipeline)
+    assert isinstance(pipe.unet, UNet2DConditionModel) and isinstance(pipe.vae, AutoencoderKL)
+    assert isinstance(pipe.text_encoder, CLIPTextModel) and isinstance(pipe.scheduler, DDIMScheduler)
+    assert len(pipe.tokenizer) == 49408 and pipe.text_encoder.config.vocab_size == 49408
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    total = sum(p.stat().st_size for p in miniworld_weights_dir().rglob("*") if p.is_file())
+    assert total <= 40 * 2 ** 20
+
+
+def test_training_record_names_command_and_seed():
+    rec = json.loads((miniworld_weights_dir() / "TRAINING.json").read_text())
+    assert rec["command"].startswith("eraselab miniworld train") and "--seed" in rec["command"]
+    assert rec["diffusion_steps"] > 0 and "diffusion" in rec["final_losses"]
+
+
+def test_pipeline_call_generates_32px_images(pipe):
+    import torch
+
+    out = pipe("a red circle", num_inference_steps=4, guidance_scale=5.0, output_type="np",
+               generator=torch.Generator().manual_seed(0))
+    assert out.images.shape == (1, 32, 32, 3)
+
+
+def test_quick_check_passes_for_shipped_model_and_fails_for_random_init(pipe, oracle):
+    from eraselab.miniworld.score import quick_check
+    from eraselab.miniworld.train import random_pipeline
+
+    trained = quick_check(pipe, oracle)
+    assert trained["passed"], trained
+    broken = quick_check(random_pipeline(seed=1), oracle)
+    assert not broken["passed"], broken
+    assert broken["object_acc"] < 0.3
+
+
+@pytest.mark.slow
+def test_score_reports_every_gate(pipe, oracle):
+    from eraselab.miniworld.score import TARGETS, score
+
+    result = score(pipe=pipe, oracle=oracle, seeds=1, steps=20, heldout_n=300)
+    assert set(TARGETS) <= set(result) and result["seconds"] > 0
+    assert result["object_acc"] > 0.5 and result["superclass_member_rate"] > 0.5
