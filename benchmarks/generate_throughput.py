@@ -1,7 +1,8 @@
 """Images/s of eraselab's generation engine against a naive loop that calls the diffusers pipeline once per probe
 (what the reference repositories' evaluation scripts do), on the same model, steps and probes, side by side.
 
-    python benchmarks/generate_throughput.py [--probes 64] [--steps 25] [--rounds 3] [--no-record]
+    python benchmarks/generate_throughput.py [--model tiny|miniworld] [--probes 64] [--steps 25] [--rounds 3]
+                                             [--no-record]
 
 Rounds alternate naive and engine runs so that load from other processes falls on both alike; each engine run
 writes into a fresh store (no cache hits). Also reported:
@@ -33,9 +34,14 @@ from eraselab.store import RunStore
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Generation engine (generate.py, store.py)"
 WORDS = ("cat", "dog", "red car", "blue house", "tree", "boat", "church", "golf ball")
+MINIWORLD_WORDS = ("red circle", "blue square", "star", "green heart", "polygon", "small yellow arrow", "ring",
+                   "purple hexagon")
+MODELS = {"tiny": "tiny random SD pipeline", "miniworld": "the shipped miniworld model"}
 
 
-def make_probes(n: int, steps: int) -> list[Probe]:
+def make_probes(n: int, steps: int, model: str = "tiny") -> list[Probe]:
+    if model == "miniworld":
+        return [Probe(f"a {MINIWORLD_WORDS[i % len(MINIWORLD_WORDS)]}", seed=i, steps=steps) for i in range(n)]
     return [Probe(f"a photo of a {WORDS[i % len(WORDS)]}", seed=i, steps=steps) for i in range(n)]
 
 
@@ -117,6 +123,7 @@ def record(text: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", choices=tuple(MODELS), default="tiny")
     parser.add_argument("--probes", type=int, default=64)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--rounds", type=int, default=3)
@@ -124,10 +131,15 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
-    pipe = tiny_random_pipeline(0)
-    probes = make_probes(args.probes, args.steps)
+    if args.model == "miniworld":
+        from eraselab.models import load_pipeline
+
+        pipe = load_pipeline("miniworld", device="cpu")
+    else:
+        pipe = tiny_random_pipeline(0)
+    probes = make_probes(args.probes, args.steps, args.model)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"{len(probes)} probes, {args.steps} steps, tiny random SD pipeline "
+    print(f"{len(probes)} probes, {args.steps} steps, {MODELS[args.model]} "
           f"({engine.default_image_size(pipe)} px), torch threads {torch.get_num_threads()}, load {load:.1f}")
     ours(pipe, probes[:2])  # warm-up: oneDNN builds its kernels on the first call of each shape
     naive(pipe, probes[:1])
@@ -159,7 +171,7 @@ def main() -> None:
              f"| speed-up | {statistics.median(ratios):.1f}x | {', '.join(f'{x:.1f}x' for x in ratios)} |")
     print(table)
     header = (f"- {time.strftime('%Y-%m-%d %H:%M')} `benchmarks/generate_throughput.py`: {len(probes)} probes, "
-              f"{args.steps} DDIM steps, CFG 7.5, tiny random SD pipeline ({size} px); "
+              f"{args.steps} DDIM steps, CFG 7.5, {MODELS[args.model]} ({size} px); "
               f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
               f"{torch.get_num_threads()}, load average at start {load:.1f} (shared machine); engine lanes: UNet "
               f"{lane.unet} rows, VAE {lane.vae}, text {lane.text}.")

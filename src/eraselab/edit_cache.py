@@ -3,10 +3,15 @@
 A cached edit lives in a folder holding the Edit (edit.json + edit.safetensors) and `request.json`; the
 request is written last, so a folder whose erase was interrupted is simply made again. A corrupted cached
 edit is reported and rebuilt, never used.
+
+The request includes a hash of the erasure methods' source code, so an edit cached by an earlier eraselab (or a
+locally patched method) is made again instead of being reused under a new implementation.
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import lru_cache
 from pathlib import Path
 
 from .atomic import atomic_write_text
@@ -17,9 +22,19 @@ from .provenance import stable_json
 REQUEST_FILE = "request.json"
 
 
+@lru_cache(maxsize=1)
+def methods_code_hash() -> str:
+    """sha256 over the source of every module in eraselab/methods (and the Edit format they produce)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha256()
+    for path in sorted((package / "methods").glob("*.py")) + [package / "edits.py"]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
 def request_record(method: str, targets, preserve, config: dict, base_fingerprint: str) -> dict:
     return {"method": method, "targets": list(targets), "preserve": list(preserve), "config": config,
-            "base_fingerprint": base_fingerprint}
+            "base_fingerprint": base_fingerprint, "methods_code": methods_code_hash()}
 
 
 def load_cached_edit(folder: Path, request: dict, warn=print) -> Edit | None:

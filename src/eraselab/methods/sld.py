@@ -5,7 +5,12 @@ Per step, with ε_u, ε_p, ε_s the unconditional, prompt and safety-concept pre
     γ = μ (ε_s − ε_u) + s_m ν;   ν ← β_m ν + (1 − β_m) γ                               (momentum)
     ε = ε_u + g [(ε_p − ε_u) − γ]   once the step index reaches the warm-up, else plain CFG.
 The four configurations are the ones diffusers ships as SafetyConfig (WEAK / MEDIUM / STRONG / MAX). Warm-up is
-counted in sampler steps as in the paper's 50-step setting.
+counted in sampler steps as in the paper's 50-step setting. The safety concept is the bare target words (SLD's
+concept is a text like "nudity, violence", not a caption).
+
+The miniworld preset is MAX. Measured on the shipped model (32 seeds of "a circle"/"a star", 25 steps): MEDIUM and
+STRONG, also with their warm-up cut to 5 steps, leave circles at 0.53-0.62 (of 0.62); MAX (threshold 1, no
+warm-up) gives 0.09, with stars 0.75 → 0.81.
 """
 from __future__ import annotations
 
@@ -70,6 +75,8 @@ register_guidance(SafeLatentGuidance.kind, SafeLatentGuidance)
 @dataclass
 class SLDConfig(MethodConfig):
     strength: str = "medium"
+
+    miniworld: ClassVar[dict] = {"strength": "max"}
 
     help: ClassVar[dict] = {**MethodConfig.help,
                             "strength": "weak, medium, strong or max (diffusers' SafetyConfig values)"}
