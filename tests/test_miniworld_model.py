@@ -57,6 +57,29 @@ def test_quick_check_passes_for_shipped_model_and_fails_for_random_init(pipe, or
     assert broken["object_acc"] < 0.3
 
 
+
+def test_warm_start_continues_from_the_shipped_weights(pipe, tmp_path):
+    """`train --init miniworld` starts from the shipped UNet/text encoder, keeps the VAE, and records where it
+    started; a few seconds of training move the weights a little, not back to a random init."""
+    import torch
+
+    from eraselab.miniworld.train import TrainConfig, train
+
+    shipped = json.loads((miniworld_weights_dir() / "TRAINING.json").read_text())
+    cfg = TrainConfig(seed=0, minutes=0.04, n_images=100, init="miniworld", checkpoint_every_s=1e9)
+    record = train(tmp_path / "warm", cfg)
+    assert record["warm_start"]["source"] == "miniworld"
+    assert record["warm_start"]["diffusion_steps"] == shipped["diffusion_steps"]
+    assert record["vae_steps"] == 0 and record["diffusion_steps"] > shipped["diffusion_steps"]
+    assert "--init miniworld" in record["command"]
+    warm = load_pipeline(str(tmp_path / "warm"))
+    for a, b in zip(warm.vae.state_dict().values(), pipe.vae.state_dict().values()):
+        assert torch.equal(a, b)
+    moved = [(a - b).abs().max().item() for a, b in zip(warm.unet.state_dict().values(),
+                                                        pipe.unet.state_dict().values())]
+    assert 0 < max(moved) < 0.05, max(moved)
+
+
 @pytest.mark.slow
 def test_score_reports_every_gate(pipe, oracle):
     from eraselab.miniworld.score import TARGETS, score
