@@ -158,6 +158,7 @@ def main() -> None:
         all_results[target] = run_bench(spec, Path(args.runs) / target.replace(" ", "_"), progress=False)
         timings[target] = time.perf_counter() - start
     r0 = next(iter(all_results.values()))
+    n_seeds = len(r0["seeds"])
     lines = ["# Findings of the reference papers, measured on miniworld", "",
              "Made by `python benchmarks/findings.py " + " ".join(f"--extra '{k}={','.join(v)}'" for k, v in extra.items())
              + f" --targets '{args.targets}' --methods {args.methods}`; model fingerprint "
@@ -167,9 +168,11 @@ def main() -> None:
              "cached): " + ", ".join(f"{t} {s:.0f} s" for t, s in timings.items()) + ".", "",
              "Values in % (drops in percentage points), from the `see` and `erasebench` suites judged by the oracle; "
              "95% intervals are in each run's results.json.", "",
-             "Read with care: the shipped miniworld model is undertrained (it draws the named class in about 60 % "
-             "of images, and two-object scenes rarely; see RESULTS.md, miniworld), and each rate here rests on "
-             "4 seeds × 1–7 prompts (n = 4–28 images), so differences under ~25 pp are within noise. Methods run: "
+             "Read with care: the shipped miniworld model draws single named objects reliably but falls short on "
+             "two-object scenes and colour binding (quality gates in RESULTS.md, miniworld), and each rate here "
+             f"rests on {n_seeds} seeds × 1–7 prompts (n = {n_seeds}–{7 * n_seeds} images): a rate near 50 % from "
+             f"one prompt is known to about ±{98 / n_seeds ** 0.5:.0f} pp (95 %), from seven to "
+             f"±{98 / (7 * n_seeds) ** 0.5:.0f} pp. Methods run: "
              + ", ".join(dict.fromkeys(m for r in all_results.values() for m in r["methods"]))
              + ". A verdict says whether this model shows the finding under its rule, not whether the paper is "
              "right.", "",

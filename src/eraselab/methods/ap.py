@@ -44,7 +44,10 @@ class APConfig(MethodConfig):
     num_centers: int = 100
     train: str = "x"
 
-    miniworld: ClassVar[dict] = {"iterations": 150, "lr": 1e-4, "ddim_steps": 20, "num_centers": 20}
+    # The preservation term pulls against the erasure, so AP needs a larger step than ESD-x on miniworld.
+    # Measured on the shipped model, erasing "circle" (circle / star rates, originally 0.88 / 0.73): lr 1e-4
+    # 0.23 / 0.69 (48 seeds); lr 2e-4 0.00 / 0.62 (32 seeds, originally 0.84 / 0.72).
+    miniworld: ClassVar[dict] = {"iterations": 150, "lr": 2e-4, "ddim_steps": 20, "num_centers": 20}
     help: ClassVar[dict] = {**MethodConfig.help,
                             "iterations": "θ updates (as many π updates alternate with them)",
                             "lr": "Adam learning rate of θ", "pi_lr": "Adam learning rate of the logits π",
