@@ -130,9 +130,12 @@ def verdicts(all_results: dict[str, dict]) -> list[str]:
                 if w in t.split() and by.get("target"):
                     ev.append(f"{t}/{m}: {by['target']['verdict']}")
                     holds.append(by["target"]["verdict"] in ("concentrated", "dispersed"))
+    # The pairs that show the finding first (the cell is cut at eight), then a count of the rest.
+    shown = [e for e, h in zip(ev, holds) if h] + [e for e, h in zip(ev, holds) if not h]
+    summary = "; ".join(shown[:8]) + (f" … ({sum(holds)} of {len(holds)} pairs changed)" if holds else "")
     add("attention concentration or dispersal of the target's tokens", "SEE",
-        "verdict 'concentrated' or 'dispersed' (entropy and top-5% mass move together past tolerance)",
-        "; ".join(ev[:8]) or "–", any(holds) if holds else None)
+        "verdict 'concentrated' or 'dispersed' (entropy and top-5% mass move together past tolerance) for any "
+        "(method, target) pair", summary or "–", any(holds) if holds else None)
     return rows
 
 
@@ -161,7 +164,9 @@ def main() -> None:
     n_seeds = len(r0["seeds"])
     lines = ["# Findings of the reference papers, measured on miniworld", "",
              "Made by `python benchmarks/findings.py " + " ".join(f"--extra '{k}={','.join(v)}'" for k, v in extra.items())
-             + f" --targets '{args.targets}' --methods {args.methods}`; model fingerprint "
+             + f" --targets '{args.targets}' --methods {args.methods}"
+             + (f" --seeds-per-prompt {args.seeds_per_prompt}" if args.seeds_per_prompt else "")
+             + "`; model fingerprint "
              f"`{r0['model']['fingerprint']}`, evaluator {r0['evaluator']['name']} v{r0['evaluator']['version']} "
              f"(threshold {r0['evaluator']['config'].get('threshold')}), seeds {r0['seeds']}, "
              f"eraselab {r0['eraselab']}, torch {r0['versions'].get('torch')}. Wall time per target (cold or "
