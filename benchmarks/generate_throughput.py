@@ -27,7 +27,7 @@ import torch
 
 from eraselab import generate as engine
 from eraselab.atomic import atomic_write_text
-from eraselab.models import tiny_random_pipeline
+from eraselab.models import load_pipeline, tiny_random_pipeline
 from eraselab.probes import Probe
 from eraselab.store import RunStore
 
@@ -131,12 +131,7 @@ def main() -> None:
     parser.add_argument("--no-record", action="store_true", help="print only; leave RESULTS.md alone")
     args = parser.parse_args()
 
-    if args.model == "miniworld":
-        from eraselab.models import load_pipeline
-
-        pipe = load_pipeline("miniworld", device="cpu")
-    else:
-        pipe = tiny_random_pipeline(0)
+    pipe = load_pipeline("miniworld", device="cpu") if args.model == "miniworld" else tiny_random_pipeline(0)
     probes = make_probes(args.probes, args.steps, args.model)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     print(f"{len(probes)} probes, {args.steps} steps, {MODELS[args.model]} "

@@ -57,7 +57,6 @@ def test_quick_check_passes_for_shipped_model_and_fails_for_random_init(pipe, or
     assert broken["object_acc"] < 0.3
 
 
-
 def test_warm_start_continues_from_the_shipped_weights(pipe, tmp_path):
     """`train --init miniworld` starts from the shipped UNet/text encoder, keeps the VAE, and records where it
     started; a few seconds of training move the weights a little, not back to a random init."""

@@ -11,8 +11,8 @@ import time
 
 from .base import Eraser, EraseRequest, MethodConfig
 from .inference import guidance_edit
-from .text import concept_prompt
 from .registry import register
+from .text import concept_prompt
 
 
 @register

@@ -355,7 +355,7 @@ def _checkpoint(ck: Path, state: _State, modules: dict, optimizers: dict, ema: _
 def _warm_start(ck: Path, state: _State, source: str) -> None:
     """Seed an empty checkpoint with a trained pipeline's weights: the VAE as finished, its UNet and text encoder
     (the EMA weights a pipeline ships) as both the live and the EMA weights; the optimizer starts afresh."""
-    from ..models import load_pipeline
+    from ..models import MINIWORLD, load_pipeline, miniworld_weights_dir
 
     pipe = load_pipeline(source, device="cpu", dtype=torch.float32)
     for name in ("vae", "unet", "text_encoder"):
@@ -363,8 +363,6 @@ def _warm_start(ck: Path, state: _State, source: str) -> None:
         save_file(weights, ck / f"{name}.safetensors")
         if name != "vae":
             save_file(weights, ck / f"{name}_ema.safetensors")
-    from ..models import MINIWORLD, miniworld_weights_dir
-
     folder = miniworld_weights_dir() if source == MINIWORLD else Path(source)
     record_path = folder / "TRAINING.json"
     earlier = json.loads(record_path.read_text()) if record_path.is_file() else {}
