@@ -228,6 +228,23 @@ def test_negative_prompt_guidance_hook_changes_output(pipe, tmp_path):
     assert all(a != b for a, b in zip(plain, hooked_bytes))
 
 
+def test_negative_prompt_equal_to_the_prompt_is_unguided_conditional_sampling(pipe, tmp_path):
+    """Why the negative prompt cannot erase a concept from its own prompt on a model whose conditional prediction
+    already draws it: ε(neg) + g·(ε(c) − ε(neg)) with neg = c is ε(c), i.e. sampling at guidance 1 — the same
+    pixels, whatever g is (tests/test_methods_effect.py measures that rate on miniworld)."""
+    import eraselab
+
+    edit = eraselab.erase(pipe, "negprompt", ["a photo of a cat"], progress=False)
+    store = RunStore(tmp_path)
+    probes = [Probe("a photo of a cat", seed=s, steps=3, guidance=g) for s, g in ((0, 7.5), (1, 3.0))]
+    negated = images_for(store, generate(pipe, probes, store, edit=edit, progress=False))
+    unguided = images_for(store, generate(pipe, [Probe(p.prompt, seed=p.seed, steps=3, guidance=1.0)
+                                                 for p in probes], store, progress=False))
+    guided = images_for(store, generate(pipe, probes, store, progress=False))
+    assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(negated, unguided))
+    assert not any(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(negated, guided))
+
+
 def test_hooks_see_batches_and_the_row_layout_of_each_unet_call(pipe, tmp_path, unet_lane):
     events = []
 

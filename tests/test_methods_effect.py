@@ -12,12 +12,13 @@ from eraselab.models import miniworld_weights_dir
 pytestmark = pytest.mark.slow
 
 N = 48  # seeds per prompt
-# Known failures on the shipped model (benchmarks/RESULTS.md, "Effect on miniworld"): ESD-u's erasure varies
-# with the number of iterations without reaching 20 % (150 it 38 %, 300 it 22 %, 450 it 37 %), and the negative
-# prompt leaves circles at ~76 % of the original. Not strict: a model or method change that fixes them shows as
-# XPASS.
-KNOWN_SHORT = {"esd-u": "ESD-u erases circle only to ~22-38 % of the original rate on miniworld",
-               "negprompt": "the negative prompt keeps ~76 % of circles on miniworld"}
+# Known failure: the negative prompt, given the target as its own prompt ("a circle" negating "a circle"), is
+# exactly sampling without guidance (tests/test_generate.py::
+# test_negative_prompt_equal_to_the_prompt_is_unguided_conditional_sampling), and the miniworld model draws circles
+# at guidance 1 at 76 % of its guided rate (0.67 vs 0.88, 48 seeds; benchmarks/RESULTS.md), so ≤ 50 % is out of
+# this method's reach here. Not strict: a model whose unguided samples draw the target less shows as XPASS.
+KNOWN_SHORT = {"negprompt": "negating the prompt itself is unguided sampling, which keeps ~76 % of circles on "
+                            "miniworld"}
 METHODS = [pytest.param(m, marks=pytest.mark.xfail(reason=KNOWN_SHORT[m], strict=False)) if m in KNOWN_SHORT
            else m for m in ["esd-x", "esd-u", "esd-x-strict", "uce", "rece", "ap", "age", "ca", "negprompt", "sld"]]
 
@@ -51,12 +52,13 @@ def world(tmp_path_factory):
     return pipe, store, oracle, base
 
 
-def rate(pipe, store, oracle, concept, edit) -> float:
+def rate(pipe, store, oracle, concept, edit, guidance=None) -> float:
     """Share of N seeded "a <concept>" images in which the oracle finds that class."""
     from eraselab.generate import generate, images_for
     from eraselab.probes import Probe
 
-    probes = [Probe(prompt=f"a {concept}", seed=s, concepts=(concept,)) for s in range(N)]
+    extra = {} if guidance is None else {"guidance": guidance}
+    probes = [Probe(prompt=f"a {concept}", seed=s, concepts=(concept,), **extra) for s in range(N)]
     keys = generate(pipe, probes, store, edit=edit, progress=False)
     rows = oracle.predict(images_for(store, keys))
     return sum(any(o["class"] == concept for o in r["objects"]) for r in rows) / len(rows)
@@ -72,3 +74,13 @@ def test_erasing_circle_on_miniworld(world, method):
           f"{edit.seconds:.1f} s")
     assert circle <= limit * base["circle"], (method, base, circle)
     assert star >= 0.8 * base["star"], (method, base, star)
+
+
+def test_negative_prompt_on_miniworld_draws_what_unguided_sampling_draws(world):
+    """The known shortfall above is the method, not a bug: negating "a circle" in "a circle" prompts gives the
+    circle rate of sampling at guidance 1."""
+    pipe, store, oracle, base = world
+    edit = eraselab.erase(pipe, "negprompt", ["circle"], progress=False)
+    negated, unguided = rate(pipe, store, oracle, "circle", edit), rate(pipe, store, oracle, "circle", None, 1.0)
+    print(f"negprompt {negated:.2f}, guidance 1 {unguided:.2f}, guided {base['circle']:.2f}")
+    assert negated == unguided < base["circle"]

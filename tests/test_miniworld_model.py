@@ -79,6 +79,26 @@ def test_warm_start_continues_from_the_shipped_weights(pipe, tmp_path):
     assert 0 < max(moved) < 0.05, max(moved)
 
 
+@pytest.mark.parametrize("pair_share", [0.0, 1.0])
+def test_step_budget_and_pair_share_decide_how_long_and_on_which_scenes(tmp_path, monkeypatch, pair_share):
+    """`--steps N` trains exactly N diffusion steps (whatever the clock says); `--pair-share` draws that share of
+    every batch from two-object scenes (0: only single objects, 1: only pairs)."""
+    from eraselab.miniworld import train as train_module
+    from eraselab.miniworld.train import TrainConfig, train
+
+    layouts = []
+    real_caption = train_module.caption
+    monkeypatch.setattr(train_module, "caption", lambda scene, rng: layouts.append(scene.layout)
+                        or real_caption(scene, rng))
+    cfg = TrainConfig(seed=0, minutes=1e-6, n_images=100, init="miniworld", steps=3, pair_share=pair_share,
+                      batch=8, cfg_dropout=0.0, checkpoint_every_s=1e9)
+    record = train(tmp_path / "run", cfg)
+    assert record["diffusion_steps"] - record["warm_start"]["diffusion_steps"] == 3
+    assert len(layouts) == 3 * 8
+    assert all((layout != "single") == bool(pair_share) for layout in layouts), layouts
+    assert f"--steps 3 --pair-share {pair_share:g}" in record["command"]
+
+
 @pytest.mark.slow
 def test_score_reports_every_gate(pipe, oracle):
     from eraselab.miniworld.score import TARGETS, score

@@ -19,11 +19,17 @@ def register(app: typer.Typer) -> None:
                   images: int = typer.Option(24000, "--images", help="Rendered training scenes."),
                   init: str = typer.Option(None, "--init", help="Continue from a trained pipeline (a folder, or "
                                            "'miniworld' for the shipped weights) instead of from scratch; "
-                                           "the VAE is kept and the whole budget trains the diffusion model.")):
+                                           "the VAE is kept and the whole budget trains the diffusion model."),
+                  steps: int = typer.Option(None, "--steps", help="Train the diffusion model this many steps "
+                                            "(the learning rate follows them) instead of until --minutes."),
+                  pair_share: float = typer.Option(None, "--pair-share", help="Share of each batch drawn from "
+                                                   "two-object scenes (default: as rendered, 0.45).")):
         """Train the miniworld text-to-image model (VAE, CLIP text encoder, UNet) into OUT; rerun to resume.
 
         Example: eraselab miniworld train --out mw-model --seed 0 --minutes 90
         Continue the shipped model: eraselab miniworld train --out mw-more --init miniworld --minutes 60
+        Continue it on two-object scenes for 6000 steps: eraselab miniworld train --out mw-pairs --init miniworld \
+            --steps 6000 --pair-share 0.7
         """
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -32,7 +38,11 @@ def register(app: typer.Typer) -> None:
 
         if minutes <= 0 or images < 100:
             raise EraseLabError("--minutes must be > 0 and --images >= 100; e.g. --minutes 45 --images 24000")
-        cfg = TrainConfig(seed=seed, minutes=minutes, n_images=images, init=init)
+        if steps is not None and steps < 1:
+            raise EraseLabError(f"--steps must be >= 1 (got {steps}); leave it out to train until --minutes")
+        if pair_share is not None and not 0.0 <= pair_share <= 1.0:
+            raise EraseLabError(f"--pair-share must be within 0..1 (got {pair_share}); e.g. --pair-share 0.7")
+        cfg = TrainConfig(seed=seed, minutes=minutes, n_images=images, init=init, steps=steps, pair_share=pair_share)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn()) as progress:
             task = progress.add_task("data", total=1.0, loss=float("nan"))
