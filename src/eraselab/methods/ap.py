@@ -45,7 +45,7 @@ class APConfig(MethodConfig):
     train: str = "x"
 
     # The preservation term pulls against the erasure, so AP needs a larger step than ESD-x on miniworld.
-    # Measured on the shipped model, erasing "circle" (circle / star rates, originally 0.88 / 0.73): lr 1e-4
+    # Measured on model 4f82c97, erasing "circle" (circle / star rates, originally 0.88 / 0.73): lr 1e-4
     # 0.23 / 0.69 (48 seeds); lr 2e-4 0.00 / 0.62 (32 seeds, originally 0.84 / 0.72).
     miniworld: ClassVar[dict] = {"iterations": 150, "lr": 2e-4, "ddim_steps": 20, "num_centers": 20}
     help: ClassVar[dict] = {**MethodConfig.help,

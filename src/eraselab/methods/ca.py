@@ -36,7 +36,7 @@ class CAConfig(MethodConfig):
     anchor_loss_weight: float = 1.0
     train: str = "x-strict"
 
-    # Only the K/V projections train (x-strict), so miniworld needs a large step. Measured on the shipped model,
+    # Only the K/V projections train (x-strict), so miniworld needs a large step. Measured on model 4f82c97,
     # erasing "circle" with anchor "round shape" (circle / star rates; originally 0.88 / 0.73 with 48 seeds,
     # 0.84 / 0.72 with 32): lr 1e-4 0.52 / 0.79 (48 seeds); 5e-4 0.19 / 1.00; 1e-3 0.06 / 0.97 (32 seeds).
     miniworld: ClassVar[dict] = {"iterations": 200, "lr": 1e-3, "anchor_images": 32, "sample_steps": 20}

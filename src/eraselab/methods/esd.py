@@ -101,7 +101,7 @@ class ESDUConfig(ESDConfig):
     # ESD-u trains only weights the text never reaches, so every step also moves the unconditional prediction
     # ε(∅) that sampling guides from; with η = 1 the guided difference ε(c) − ε(∅) largely survives and the
     # erasure came and went with the seed and iteration count on miniworld. η = 2 (diffusers' η′ = 3) asks for
-    # a difference the shift cannot absorb. Measured on the shipped model, erasing "circle" (32 seeds; circle /
+    # a difference the shift cannot absorb. Measured on model 4f82c97, erasing "circle" (32 seeds; circle /
     # star rates, originally 0.84 / 0.72): η 1 training seed 0 0.33 (48 seeds), seed 1 0.50 / 0.75;
     # η 2 seed 0 0.03 / 0.78, seed 1 0.09 / 0.84; η 4 seed 0 0.06 / 0.75. SD 1.x keeps the paper's η = 1.
     miniworld: ClassVar[dict] = {**ESDConfig.miniworld, "negative_guidance": 2.0}
@@ -118,7 +118,7 @@ class ESDU(ESD):
 @dataclass
 class ESDXStrictConfig(ESDConfig):
     # Only the K/V projections train, a fraction of ESD-x's parameters, so on miniworld they need a larger step.
-    # Measured on the shipped model, erasing "circle" (32 seeds; circle / star rates, originally 0.84 / 0.72):
+    # Measured on model 4f82c97, erasing "circle" (32 seeds; circle / star rates, originally 0.84 / 0.72):
     # lr 1e-4 (ESD-x's preset) 0.92 / 0.69 with 48 seeds, i.e. no erasure; lr 5e-4 0.00 / 0.81; lr 1e-3 0.00 / 0.91.
     miniworld: ClassVar[dict] = {**ESDConfig.miniworld, "lr": 5e-4}
 

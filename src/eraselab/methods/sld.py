@@ -8,7 +8,7 @@ The four configurations are the ones diffusers ships as SafetyConfig (WEAK / MED
 counted in sampler steps as in the paper's 50-step setting. The safety concept is the bare target words (SLD's
 concept is a text like "nudity, violence", not a caption).
 
-The miniworld preset is MAX. Measured on the shipped model (32 seeds of "a circle"/"a star", 25 steps): MEDIUM and
+The miniworld preset is MAX. Measured on model 4f82c97 (32 seeds of "a circle"/"a star", 25 steps): MEDIUM and
 STRONG, also with their warm-up cut to 5 steps, leave circles at 0.53-0.62 (of 0.62); MAX (threshold 1, no
 warm-up) gives 0.09, with stars 0.75 → 0.81.
 """

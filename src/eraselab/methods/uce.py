@@ -49,7 +49,7 @@ def preserved_concepts(targets, preserve, mode: str) -> list[str]:
 
     Why: miniworld's text encoder is 64-wide, so the erased direction overlaps other classes' vectors far more
     than in CLIP-L's 768 dimensions; without anchors the closed form drags neighbours along (measured on the
-    shipped model: "ellipse" 1.00 → 0.09 when erasing "circle" alone, 1.00 with the other classes preserved;
+    model 4f82c97: "ellipse" 1.00 → 0.09 when erasing "circle" alone, 1.00 with the other classes preserved;
     on the earlier, less trained model "star" 0.71 → 0.50)."""
     out = list(preserve)
     if mode == "world":
@@ -81,7 +81,7 @@ class UCEConfig(MethodConfig):
 
     # miniworld preserves the world's other classes (auto_preserve), ~1,100 text rows against the target's ~75 in a
     # 64-wide space, so the preserve terms need a smaller weight than the original code's max(0.1, 1/|P|).
-    # Measured on the shipped model, erasing "circle" (32 seeds; circle / star / ellipse rates, originally
+    # Measured on model 4f82c97, erasing "circle" (32 seeds; circle / star / ellipse rates, originally
     # 0.84 / 0.72 / 1.00): no preserve set 0.00 / 0.72 / 0.09 (the similar "ellipse" erased too); s_p = 1
     # 0.67 / 0.75; s_p = 0.1 0.31 / 0.75 / 0.97; s_p = 0.03 0.09 / 0.78 / 1.00.
     miniworld: ClassVar[dict] = {"preserve_scale": 0.03}
