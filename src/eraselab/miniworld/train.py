@@ -4,7 +4,8 @@ StableDiffusionPipeline with SD's DDIM scheduler settings.
 
 Training is budgeted in wall-clock minutes (the learning-rate schedules follow elapsed time) or, for the diffusion
 stage, in steps (`steps`: the schedule follows the step count, so the run does not depend on the machine's speed);
-it is seeded and resumable: every stage checkpoints into OUT/checkpoint and a rerun of the same command continues from there.
+it is seeded and resumable: every stage checkpoints into OUT/checkpoint and a rerun of the same command continues
+from there.
 """
 from __future__ import annotations
 
