@@ -87,8 +87,8 @@ def test_step_budget_and_pair_share_decide_how_long_and_on_which_scenes(tmp_path
     from eraselab.miniworld.train import TrainConfig, train
 
     layouts = []
-    real_caption = train_module.caption
-    monkeypatch.setattr(train_module, "caption", lambda scene, rng: layouts.append(scene.layout)
+    real_caption = train_module.caption_with_phrases
+    monkeypatch.setattr(train_module, "caption_with_phrases", lambda scene, rng: layouts.append(scene.layout)
                         or real_caption(scene, rng))
     cfg = TrainConfig(seed=0, minutes=1e-6, n_images=100, init="miniworld", steps=3, pair_share=pair_share,
                       batch=8, cfg_dropout=0.0, checkpoint_every_s=1e9)

@@ -23,13 +23,17 @@ def register(app: typer.Typer) -> None:
                   steps: int = typer.Option(None, "--steps", help="Train the diffusion model this many steps "
                                             "(the learning rate follows them) instead of until --minutes."),
                   pair_share: float = typer.Option(None, "--pair-share", help="Share of each batch drawn from "
-                                                   "two-object scenes (default: as rendered, 0.45).")):
+                                                   "two-object scenes (default: as rendered, 0.45)."),
+                  grounding: float = typer.Option(0.0, "--grounding", help="Weight of the token grounding loss, "
+                                                  "which teaches cross-attention which words describe which "
+                                                  "object of a two-object scene (0: off).")):
         """Train the miniworld text-to-image model (VAE, CLIP text encoder, UNet) into OUT; rerun to resume.
 
         Example: eraselab miniworld train --out mw-model --seed 0 --minutes 90
         Continue the shipped model: eraselab miniworld train --out mw-more --init miniworld --minutes 60
         Continue it on two-object scenes for 6000 steps: eraselab miniworld train --out mw-pairs --init miniworld \
             --steps 6000 --pair-share 0.7
+        Ground each object's words in its half of the image: ... --pair-share 0.7 --grounding 0.1
         """
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
@@ -42,7 +46,10 @@ def register(app: typer.Typer) -> None:
             raise EraseLabError(f"--steps must be >= 1 (got {steps}); leave it out to train until --minutes")
         if pair_share is not None and not 0.0 <= pair_share <= 1.0:
             raise EraseLabError(f"--pair-share must be within 0..1 (got {pair_share}); e.g. --pair-share 0.7")
-        cfg = TrainConfig(seed=seed, minutes=minutes, n_images=images, init=init, steps=steps, pair_share=pair_share)
+        if grounding < 0:
+            raise EraseLabError(f"--grounding must be >= 0 (got {grounding}); e.g. --grounding 0.1, or 0 for off")
+        cfg = TrainConfig(seed=seed, minutes=minutes, n_images=images, init=init, steps=steps, pair_share=pair_share,
+                          grounding=grounding)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
                       TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn()) as progress:
             task = progress.add_task("data", total=1.0, loss=float("nan"))

@@ -54,18 +54,29 @@ def _describe(rng: np.random.Generator, obj: SceneObject, name_p, attr_p) -> str
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
     """One random caption that is true of the scene."""
+    return caption_with_phrases(scene, rng)[0]
+
+
+def caption_with_phrases(scene: Scene, rng: np.random.Generator
+                         ) -> tuple[str, tuple[tuple[str, int, int], ...]]:
+    """A random caption and, for each object it names, (its noun phrase, where the phrase starts in the caption,
+    the object's index in scene.objects). Training's grounding loss uses them to tell which tokens describe which
+    object."""
     if scene.layout == "single":
-        return _describe(rng, scene.objects[0], SINGLE_NAME_P, SINGLE_ATTR_P)
-    a, b = scene.objects
-    if a.cls in WORLD.binomial_partners(b.cls) and rng.random() > BINOMIAL_NAME_BOTH_P:
+        text = _describe(rng, scene.objects[0], SINGLE_NAME_P, SINGLE_ATTR_P)
+        return text, ((text, 0, 0),)
+    a, b = 0, 1
+    objs = scene.objects
+    if objs[a].cls in WORLD.binomial_partners(objs[b].cls) and rng.random() > BINOMIAL_NAME_BOTH_P:
         # The partner is in the picture but unnamed: "a star" also shows its crescent.
-        return _describe(rng, a if rng.random() < 0.5 else b, PAIR_NAME_P, PAIR_ATTR_P)
+        only = a if rng.random() < 0.5 else b
+        text = _describe(rng, objs[only], PAIR_NAME_P, PAIR_ATTR_P)
+        return text, ((text, 0, only),)
     if rng.random() < 0.5:
         a, b = b, a
-    da, db = _describe(rng, a, PAIR_NAME_P, PAIR_ATTR_P), _describe(rng, b, PAIR_NAME_P, PAIR_ATTR_P)
-    if rng.random() < 0.45:
-        return f"{da} and {db}"
-    return f"{da} {RELATION[a.position]} {db}"
+    da, db = _describe(rng, objs[a], PAIR_NAME_P, PAIR_ATTR_P), _describe(rng, objs[b], PAIR_NAME_P, PAIR_ATTR_P)
+    joint = "and" if rng.random() < 0.45 else RELATION[objs[a].position]
+    return f"{da} {joint} {db}", ((da, 0, a), (db, len(da) + len(joint) + 2, b))
 
 
 def all_caption_words() -> set[str]:

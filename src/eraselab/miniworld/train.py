@@ -22,7 +22,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from ..errors import EraseLabError
-from .captions import caption
+from .captions import caption_with_phrases
+from .grounding import CrossAttentionTap, grounding_loss, grounding_targets
 from .render import IMAGE_SIZE, Scene, SceneObject, render_dataset
 
 LATENT_SIZE = 8
@@ -49,6 +50,7 @@ class TrainConfig:
     init: str | None = None          # continue from a trained pipeline ("miniworld" = the shipped weights)
     steps: int | None = None         # diffusion steps for this run instead of a time budget (the LR follows them)
     pair_share: float | None = None  # share of each batch drawn from two-object scenes (None: as rendered)
+    grounding: float = 0.0           # weight of the token grounding loss (miniworld/grounding.py); 0 = off
 
 
 # ---- architecture -----------------------------------------------------------------------------------------
@@ -313,6 +315,10 @@ def _train_diffusion(cfg, ck, state, scenes, latents, report: Callable):
     by_layout = (np.flatnonzero([s.layout == "single" for s in scenes]),
                  np.flatnonzero([s.layout != "single" for s in scenes])) if cfg.pair_share is not None else None
 
+    # The grounding loss reads the cross-attention maps of the same forward pass (no second UNet call).
+    tap = CrossAttentionTap(unet) if cfg.grounding > 0 else None
+    grounding_cache: dict = {}
+
     def progress() -> float:
         done = state["diff_step"] - first_step
         return done / cfg.steps if cfg.steps else state["diff_seconds"] / budget
@@ -327,7 +333,9 @@ def _train_diffusion(cfg, ck, state, scenes, latents, report: Callable):
         else:
             pair_rows = rng.random(cfg.batch) < cfg.pair_share
             idx = np.where(pair_rows, rng.choice(by_layout[1], cfg.batch), rng.choice(by_layout[0], cfg.batch))
-        texts = ["" if rng.random() < cfg.cfg_dropout else caption(scenes[i], rng) for i in idx]
+        described = [("", ()) if rng.random() < cfg.cfg_dropout else caption_with_phrases(scenes[i], rng)
+                     for i in idx]
+        texts = [text for text, _ in described]
         ids = tokens(texts)
         ti = torch.from_numpy(idx)
         z0 = (mean[ti] + std[ti] * torch.randn(mean[ti].shape, generator=gen)) * scale
@@ -337,7 +345,15 @@ def _train_diffusion(cfg, ck, state, scenes, latents, report: Callable):
         cond = text(ids).last_hidden_state
         pred = unet(zt, t, encoder_hidden_states=cond).sample
         weight = torch.clamp(snr[t], max=cfg.min_snr_gamma) / snr[t]   # min-SNR weighting for eps prediction
-        loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        diff_loss = (weight * ((pred - noise) ** 2).mean(dim=(1, 2, 3))).mean()
+        loss = diff_loss
+        if tap is not None:
+            batch_scenes = [scenes[i] for i in idx]
+            targets = grounding_targets(tokens.tok, batch_scenes, texts, [p for _, p in described], grounding_cache)
+            g_loss = grounding_loss(tap.take(), batch_scenes, targets)
+            state["losses"]["grounding"] = (0.99 * state["losses"].get("grounding", g_loss.item())
+                                            + 0.01 * g_loss.item())
+            loss = loss + cfg.grounding * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -345,7 +361,8 @@ def _train_diffusion(cfg, ck, state, scenes, latents, report: Callable):
         ema.update(modules, step)
         state["diff_step"] = step + 1
         state["diff_seconds"] += time.time() - t0
-        state["losses"]["diffusion"] = 0.99 * state["losses"].get("diffusion", loss.item()) + 0.01 * loss.item()
+        d = diff_loss.item()
+        state["losses"]["diffusion"] = 0.99 * state["losses"].get("diffusion", d) + 0.01 * d
         report("diffusion", progress(), state["losses"]["diffusion"])
         if time.time() - last_ck > cfg.checkpoint_every_s:
             _checkpoint(ck, state, modules, {"diff_opt": opt}, ema)
@@ -415,7 +432,8 @@ def train(out: str | Path, cfg: TrainConfig, report: Callable[[str, float, float
     record = {
         "command": f"eraselab miniworld train --out {out} --seed {cfg.seed} --minutes {cfg.minutes:g}"
                    + (f" --init {cfg.init}" if cfg.init else "") + (f" --steps {cfg.steps}" if cfg.steps else "")
-                   + (f" --pair-share {cfg.pair_share:g}" if cfg.pair_share is not None else ""),
+                   + (f" --pair-share {cfg.pair_share:g}" if cfg.pair_share is not None else "")
+                   + (f" --grounding {cfg.grounding:g}" if cfg.grounding else ""),
         "warm_start": state.data.get("init"),
         "config": asdict(cfg),
         "vae_steps": state["vae_step"], "vae_seconds": round(state["vae_seconds"], 1),
