@@ -592,6 +592,9 @@ CASES = [
     ("erase-target-empty", ERASE.replace("--target car", "--target ''"), "empty", None),
     ("erase-target-twice", ERASE + " --target car", "twice", None),
     ("demo-target-unknown-miniworld", "demo --target unicorn --out {out}", "unicorn", None),
+    ("train-grounding-negative", "miniworld train --out {out} --grounding -1", "--grounding", None),
+    ("train-pair-share-over-one", "miniworld train --out {out} --pair-share 1.5", "--pair-share", None),
+    ("train-minutes-zero", "miniworld train --out {out} --minutes 0", "--minutes", None),
 ]
 SUBPROCESS_CASES = {"unknown-option", "model-truncated-unet", "edit-nan", "prompts-latin1", "yaml-malformed"}
 

@@ -4,8 +4,13 @@ import pytest
 import torch
 
 from eraselab.miniworld.captions import caption, caption_with_phrases
-from eraselab.miniworld.grounding import (CrossAttentionTap, grounding_loss, grounding_targets,
-                                          phrase_token_positions, region_mask)
+from eraselab.miniworld.grounding import (
+    CrossAttentionTap,
+    grounding_loss,
+    grounding_targets,
+    phrase_token_positions,
+    region_mask,
+)
 from eraselab.miniworld.render import render_dataset
 from eraselab.models import clip_tokenizer
 

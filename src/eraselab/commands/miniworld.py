@@ -41,13 +41,15 @@ def register(app: typer.Typer) -> None:
         from ..miniworld.train import TrainConfig, train
 
         if minutes <= 0 or images < 100:
-            raise EraseLabError("--minutes must be > 0 and --images >= 100; e.g. --minutes 45 --images 24000")
+            raise EraseLabError("--minutes must be > 0 and --images >= 100; pass e.g. --minutes 45 --images 24000")
         if steps is not None and steps < 1:
             raise EraseLabError(f"--steps must be >= 1 (got {steps}); leave it out to train until --minutes")
         if pair_share is not None and not 0.0 <= pair_share <= 1.0:
-            raise EraseLabError(f"--pair-share must be within 0..1 (got {pair_share}); e.g. --pair-share 0.7")
+            raise EraseLabError(f"--pair-share must be within 0..1 (got {pair_share}); "
+                                "pass a share such as --pair-share 0.7")
         if grounding < 0:
-            raise EraseLabError(f"--grounding must be >= 0 (got {grounding}); e.g. --grounding 0.1, or 0 for off")
+            raise EraseLabError(f"--grounding must be >= 0 (got {grounding}); "
+                                "pass a weight such as --grounding 0.1, or 0 for off")
         cfg = TrainConfig(seed=seed, minutes=minutes, n_images=images, init=init, steps=steps, pair_share=pair_share,
                           grounding=grounding)
         with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.percentage:>3.0f}%"),
