@@ -132,13 +132,15 @@ def grounding_loss(maps: Sequence[torch.Tensor], scenes: Sequence[Scene],
         return maps[0].new_zeros(()) if maps else torch.zeros(())
     rows = torch.tensor([r for r, pos, _ in targets for _ in pos])
     tokens = torch.tensor([p for _, pos, _ in targets for p in pos])
+    # Several layers share a grid size (8×8 and 4×4 here): build each size's (n, L) masks once per batch.
+    masks_by_size: dict[int, torch.Tensor] = {}
     losses = []
     for probs in maps:
         size = round(probs.shape[1] ** 0.5)
-        masks = {}
-        for r, pos, i in targets:
-            masks.setdefault((r, i), region_mask(scenes[r], i, size).flatten())
-        mask = torch.stack([masks[(r, i)] for r, pos, i in targets for _ in pos]).to(probs)   # (n, L)
+        if size not in masks_by_size:
+            per_object = {(r, i): region_mask(scenes[r], i, size).flatten() for r, _, i in targets}
+            masks_by_size[size] = torch.stack([per_object[(r, i)] for r, pos, i in targets for _ in pos])
+        mask = masks_by_size[size].to(probs)                                                    # (n, L)
         a = probs[rows, :, tokens]                                                              # (n, L)
         inside = (a * mask).sum(dim=1) / a.sum(dim=1).clamp_min(1e-12)
         losses.append(((1.0 - inside) ** 2).mean())
