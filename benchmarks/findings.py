@@ -173,8 +173,8 @@ def main() -> None:
              "cached): " + ", ".join(f"{t} {s:.0f} s" for t, s in timings.items()) + ".", "",
              "Values in % (drops in percentage points), from the `see` and `erasebench` suites judged by the oracle; "
              "95% intervals are in each run's results.json.", "",
-             "Read with care: the shipped miniworld model draws single named objects and two-object scenes "
-             "reliably but falls short on colour binding (quality gates in RESULTS.md, miniworld), and each rate here "
+             "Read with care: the shipped miniworld model meets its quality gates (RESULTS.md, miniworld) but "
+             "places two objects by their position words only weakly, and each rate here "
              f"rests on {n_seeds} seeds × 1–7 prompts (n = {n_seeds}–{7 * n_seeds} images): a rate near 50 % from "
              f"one prompt is known to about ±{98 / n_seeds ** 0.5:.0f} pp (95 %), from seven to "
              f"±{98 / (7 * n_seeds) ** 0.5:.0f} pp. Methods run: "

@@ -62,8 +62,9 @@ def test_preset_follows_the_model(tiny_pipe_factory):
     assert req.config.preset == "miniworld" and req.config.iterations == 150  # tiny UNet → miniworld preset
     _, req = build_request("esd-x", ["circle"], pipe=tiny, preset="sd")
     assert req.config.iterations == 1000 and req.config.lr == 1e-5  # the paper's defaults
+    assert req.config.anchor_unconditional == 0  # and the paper's loss
     _, req = build_request("esd-x", ["circle"], pipe=tiny, iterations=3)
-    assert req.config.iterations == 3 and req.config.lr == 1e-4  # user values win over the preset
+    assert req.config.iterations == 3 and req.config.lr == 3e-4  # user values win over the preset
 
 
 def test_negative_prompt_edit():

@@ -15,7 +15,7 @@ N = 48  # seeds per prompt
 # Known failure: the negative prompt, given the target as its own prompt ("a circle" negating "a circle"), is
 # exactly sampling without guidance (tests/test_generate.py::
 # test_negative_prompt_equal_to_the_prompt_is_unguided_conditional_sampling), and the miniworld model draws circles
-# at guidance 1 at 85 % of its guided rate (0.83 vs 0.98, 48 seeds; benchmarks/RESULTS.md), so ≤ 50 % is out of
+# at guidance 1 at 86 % of its guided rate (0.73 vs 0.85, 48 seeds; benchmarks/RESULTS.md), so ≤ 50 % is out of
 # this method's reach here. Not strict: a model whose unguided samples draw the target less shows as XPASS.
 KNOWN_SHORT = {"negprompt": "negating the prompt itself is unguided sampling, which keeps ~85 % of circles on "
                             "miniworld"}

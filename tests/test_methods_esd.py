@@ -8,6 +8,7 @@ from eraselab.methods import esd as esd_module
 from eraselab.methods.diffusion import NoiseSchedule, ddim_rollout, latent_shape
 from eraselab.methods.esd import esd_target, paper_eta
 from eraselab.methods.params import in_group
+from eraselab.errors import EraseLabError
 from eraselab.models import compute_fingerprint
 
 
@@ -104,3 +105,48 @@ def test_training_lowers_the_esd_loss(tiny_pipe_factory):
     assert after < 0.5 * before, (before, after)
     assert edit.extras["loss_last"] < edit.extras["loss_first"]
     assert len(edit.extras["loss_curve"]) == 40
+
+
+def test_anchor_unconditional_keeps_the_unconditional_prediction(tiny_pipe_factory):
+    """The anchor term (λ‖ε_θ(∅) − ε*(∅)‖²) must hold ε(∅) nearer the original than the paper's loss does, while
+    the conditional prediction still moves."""
+    pipe = tiny_pipe_factory(0)
+    schedule = NoiseSchedule.from_pipe(pipe, 5)
+    tok = pipe.tokenizer(["", "circle"], padding="max_length", max_length=77, return_tensors="pt")
+    with torch.no_grad():
+        u, c = pipe.text_encoder(tok.input_ids)[0]
+        g = torch.Generator().manual_seed(5)
+        points = [(ddim_rollout(pipe.unet, schedule, torch.randn(latent_shape(pipe, 2), generator=g), c, u, stop,
+                                3.0), int(schedule.timesteps[stop])) for stop in range(5)]
+
+    def predictions():
+        with torch.no_grad():
+            return [(pipe.unet(z, t, encoder_hidden_states=u.expand(2, -1, -1)).sample,
+                     pipe.unet(z, t, encoder_hidden_states=c.expand(2, -1, -1)).sample) for z, t in points]
+
+    base = predictions()
+
+    def drift(anchor):
+        edit = eraselab.erase(pipe, "esd-x", ["circle"], iterations=30, ddim_steps=5, lr=1e-4,
+                              anchor_unconditional=anchor, progress=False)
+        assert edit.config["anchor_unconditional"] == anchor
+        edit.apply(pipe)
+        try:
+            now = predictions()
+        finally:
+            edit.revert(pipe)
+        return (sum(float(F.mse_loss(a[0], b[0])) for a, b in zip(now, base)),
+                sum(float(F.mse_loss(a[1], b[1])) for a, b in zip(now, base)))
+
+    free_u, free_c = drift(0.0)
+    anchored_u, anchored_c = drift(10.0)
+    assert free_u > 0
+    assert anchored_u < 0.2 * free_u, (free_u, anchored_u)  # measured: 66× smaller
+    assert anchored_c > anchored_u, (anchored_c, anchored_u)  # the erased prediction still moves
+
+
+@pytest.mark.parametrize("value", [-1.0, float("nan")])
+def test_anchor_unconditional_must_be_a_non_negative_number(tiny_pipe_factory, value):
+    with pytest.raises(EraseLabError, match="anchor_unconditional"):
+        eraselab.erase(tiny_pipe_factory(0), "esd-x", ["circle"], iterations=1, anchor_unconditional=value,
+                       progress=False)

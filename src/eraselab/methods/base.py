@@ -127,7 +127,7 @@ def positive(config, *names: str) -> None:
 
 def non_negative(config, *names: str) -> None:
     for n in names:
-        if getattr(config, n) < 0:
+        if not getattr(config, n) >= 0:  # `not ≥` so that NaN is refused too
             raise EraseLabError(f"config {n} must be zero or positive, got {getattr(config, n)}")
 
 
