@@ -174,7 +174,9 @@ def main() -> None:
              "Values in % (drops in percentage points), from the `see` and `erasebench` suites judged by the oracle; "
              "95% intervals are in each run's results.json.", "",
              "Read with care: the shipped miniworld model meets its quality gates (RESULTS.md, miniworld) but "
-             "places two objects by their position words only weakly, and each rate here "
+             "places two objects by their position words only weakly, and its text encoder puts 'a hexagon' "
+             "next to 'a circle', so erasing circle takes hexagons with it (RESULTS.md, Erasure methods); each rate "
+             "here "
              f"rests on {n_seeds} seeds × 1–7 prompts (n = {n_seeds}–{7 * n_seeds} images): a rate near 50 % from "
              f"one prompt is known to about ±{98 / n_seeds ** 0.5:.0f} pp (95 %), from seven to "
              f"±{98 / (7 * n_seeds) ** 0.5:.0f} pp. Methods run: "
