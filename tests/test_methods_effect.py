@@ -84,3 +84,17 @@ def test_negative_prompt_on_miniworld_draws_what_unguided_sampling_draws(world):
     negated, unguided = rate(pipe, store, oracle, "circle", edit), rate(pipe, store, oracle, "circle", None, 1.0)
     print(f"negprompt {negated:.2f}, guidance 1 {unguided:.2f}, guided {base['circle']:.2f}")
     assert negated == unguided < base["circle"]
+
+
+# Known side effect of the shipped model: its text encoder puts "a hexagon" next to "a circle" (cosine 0.925 of
+# the full encoder outputs, the nearest class), so erasing circle also erases hexagons, by every method tried
+# (benchmarks/RESULTS.md, "What erasing circle takes with it"). Not strict: a model that separates the two XPASSes.
+@pytest.mark.xfail(reason="the shipped model's text encoder entangles circle and hexagon", strict=False)
+@pytest.mark.parametrize("method", ["esd-x", "uce"])
+def test_erasing_circle_keeps_hexagons(world, method):
+    pipe, store, oracle, _ = world
+    before = rate(pipe, store, oracle, "hexagon", None)
+    edit = eraselab.erase(pipe, method, ["circle"], progress=False)
+    after = rate(pipe, store, oracle, "hexagon", edit)
+    print(f"{method}: hexagon {before:.2f}→{after:.2f}")
+    assert after >= 0.8 * before, (method, before, after)
