@@ -13,9 +13,23 @@ def method_rows() -> list[dict]:
     for name in method_names():
         cls = get_method(name)
         defaults = {f.name: getattr(cls.Config(), f.name) for f in dataclasses.fields(cls.Config)}
-        rows.append({"method": name, "description": cls.description, "defaults": defaults,
+        recipes = [{"name": r.name, "reference": r.reference.cite(), "summary": r.summary,
+                    "changes": dict(r.defaults)} for r in cls.Config.recipes]
+        if recipes:
+            defaults["recipe"] = recipes[0]["name"]
+        rows.append({"method": name, "description": cls.description, "defaults": defaults, "recipes": recipes,
                      "miniworld": dict(cls.Config.miniworld), "help": dict(cls.Config.help)})
     return rows
+
+
+def recipe_cell(recipes: list[dict]) -> str:
+    """Each recipe with its reference; the first is the default."""
+    lines = []
+    for i, r in enumerate(recipes):
+        changes = " ".join(f"{k}={v}" for k, v in r["changes"].items())
+        lines.append(f"{r['name']}{' (default)' if i == 0 else ''}: {r['reference']}"
+                     + (f" [{changes}]" if changes else ""))
+    return "\n".join(lines) or "–"
 
 
 def register(app: typer.Typer) -> None:
@@ -28,10 +42,11 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        table = Table("method", "what it does", "defaults (SD 1.x)", "miniworld preset", show_lines=True)
+        table = Table("method", "what it does", "recipes (reference code)", "defaults (SD 1.x)", "miniworld preset",
+                      show_lines=True)
         rows = method_rows()
         for r in rows:
-            table.add_row(r["method"], r["description"],
+            table.add_row(r["method"], r["description"], recipe_cell(r["recipes"]),
                           " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in r["defaults"].items()),
                           " ".join(f"{k}={v}" for k, v in r["miniworld"].items()) or "same")
         console = Console()
@@ -39,6 +54,8 @@ def register(app: typer.Typer) -> None:
         if verbose:
             for r in rows:
                 console.print(f"[bold]{r['method']}[/bold]")
+                for rec in r["recipes"]:
+                    console.print(f"  recipe {rec['name']}: {rec['summary']} ({rec['reference']})")
                 for k, text in r["help"].items():
                     console.print(f"  {k}: {text}")
         console.print("Set with --config key=value; preset=auto picks miniworld for the embedded model or a UNet "

@@ -5,7 +5,7 @@ Each method is one module registering one or more `Eraser` classes by the name t
 from __future__ import annotations
 
 from . import esd  # noqa: F401  (modules register their methods on import)
-from .base import Eraser, EraseRequest, MethodConfig
+from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference
 from .params import check_cross_attention
 from .registry import get_method, method_names, register
 
@@ -34,13 +34,19 @@ def erase(pipe, method: str, targets, preserve=(), progress: bool = True, **conf
     eraser_cls, request = build_request(method, targets, preserve, pipe=pipe, progress=progress, **config)
     if eraser_cls.needs_cross_attention:
         check_cross_attention(pipe)
-    return eraser_cls().erase(pipe, request)
+    edit = eraser_cls().erase(pipe, request)
+    recipe = request.config.recipe_info
+    if recipe is not None:
+        edit.extras["recipe"] = recipe.provenance()
+    return edit
 
 
 __all__ = [
     "EraseRequest",
     "Eraser",
     "MethodConfig",
+    "Recipe",
+    "Reference",
     "build_request",
     "erase",
     "get_method",

@@ -1,15 +1,22 @@
-"""The Eraser interface, the erasure request, and typed method configs with validation and presets.
+"""The Eraser interface, the erasure request, and typed method configs with validation, recipes and presets.
 
-Every method is one `Eraser` subclass with a `Config` dataclass whose field defaults are the reference values
-for Stable Diffusion 1.x (preset "sd"). `Config.miniworld` lists the fields the scaled-down "miniworld" preset
-changes (the embedded model has 8×8 latents and a small text encoder, so it needs fewer steps). Preset "auto"
-picks "miniworld" for the embedded model or any UNet under 50 M parameters, else "sd".
+Every method is one `Eraser` subclass with a `Config` dataclass whose field defaults are its default *recipe*:
+the settings of the official code that produced the published numbers, on Stable Diffusion 1.x. `Config.recipes`
+lists every recipe the method offers, each naming its reference (repository, commit, file) and the config values
+it changes from the field defaults; the chosen recipe is recorded in the config and in every Edit's provenance.
+eraselab's own improvements are config options that every reference recipe leaves off.
+
+`Config.miniworld` lists the scale parameters (steps, learning rates, weights) the scaled-down "miniworld" preset
+changes on top of the recipe (the embedded model has 8×8 latents and a small text encoder, so it needs fewer
+steps). Preset "auto" picks "miniworld" for the embedded model or any UNet under 50 M parameters, else "sd".
+Precedence, lowest first: field defaults, recipe, preset, the user's own values.
 """
 from __future__ import annotations
 
 import dataclasses
 import math
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
@@ -19,17 +26,69 @@ PRESETS = ("auto", "sd", "miniworld")
 TINY_UNET_PARAMS = 50_000_000
 
 
+@dataclass(frozen=True)
+class Reference:
+    """Where a recipe's numbers come from: a file of a public repository at a commit."""
+
+    repository: str  # owner/name on GitHub
+    commit: str  # 40 hex digits
+    file: str
+
+    def cite(self) -> str:
+        return f"{self.repository}@{self.commit[:7]}:{self.file}"
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One way of running a method: the reference code it reproduces and the config values that implies.
+
+    `defaults` holds only the values that differ from the Config's field defaults (the first recipe, the
+    method's default, usually has none)."""
+
+    name: str
+    reference: Reference
+    summary: str
+    defaults: Mapping = field(default_factory=dict)
+
+    def provenance(self) -> dict:
+        return {"name": self.name, "repository": self.reference.repository, "commit": self.reference.commit,
+                "file": self.reference.file, "summary": self.summary}
+
+
 @dataclass
 class MethodConfig:
-    """Fields shared by every method. Subclasses add theirs; `miniworld` holds the scaled-down preset."""
+    """Fields shared by every method. Subclasses add theirs; `recipes` are the reference recipes (the first is
+    the default), `miniworld` the scaled-down preset."""
 
     seed: int = 0
     preset: str = "auto"
+    recipe: str = ""
 
+    recipes: ClassVar[tuple[Recipe, ...]] = ()
     miniworld: ClassVar[dict] = {}
     # One line per field for `eraselab methods` and error messages.
     help: ClassVar[dict] = {"seed": "random seed of everything the method samples",
-                            "preset": "defaults: auto (by model size), sd (SD 1.x reference) or miniworld"}
+                            "preset": "defaults: auto (by model size), sd (SD 1.x reference) or miniworld",
+                            "recipe": "which reference code the method reproduces (`eraselab methods` lists "
+                                      "each method's recipes; empty = the default, the first)"}
+
+    @classmethod
+    def recipe_named(cls, name: str = "") -> Recipe | None:
+        """The recipe called `name` ("" = the default); None for a method without recipes."""
+        if not cls.recipes:
+            if name:
+                raise EraseLabError(f"recipe {name!r} is unknown: this method has no recipes; drop the recipe key")
+            return None
+        if not name:
+            return cls.recipes[0]
+        for r in cls.recipes:
+            if r.name == name:
+                return r
+        raise EraseLabError(f"unknown recipe {name!r}; choose one of {', '.join(r.name for r in cls.recipes)}")
+
+    @property
+    def recipe_info(self) -> Recipe | None:
+        return type(self).recipe_named(self.recipe)
 
     @classmethod
     def field_types(cls) -> dict[str, type]:
@@ -51,7 +110,9 @@ class MethodConfig:
             raise EraseLabError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
         if preset == "auto":
             preset = auto_preset(pipe) if pipe is not None else "sd"
-        merged = {**(cls.miniworld if preset == "miniworld" else {}), **values, "preset": preset}
+        recipe = cls.recipe_named(values.get("recipe", ""))
+        merged = {**(recipe.defaults if recipe else {}), **(cls.miniworld if preset == "miniworld" else {}),
+                  **values, "preset": preset, "recipe": recipe.name if recipe else ""}
         config = cls(**merged)
         config.validate()
         return config
