@@ -9,8 +9,9 @@ Everything lands in one run folder, and every stage reuses what an earlier (poss
     results.json            metrics per method with 95% intervals, provenance, the image table for the report
     tables/*.csv            the same as CSV (metrics, per-image verdicts)
 results.json holds no wall-clock time stamps, so an interrupted-and-resumed run writes the same file as an
-uninterrupted one. The one measured duration it holds (each method's erase `seconds`) differs between any two
-runs, so `results_hash` leaves it out: equal hashes mean equal results.
+uninterrupted one. Measured durations (every key named `seconds` or ending in `_seconds`, at any depth: each
+method's erase time, AP's candidate-search time) differ between any two runs, so `results_hash` leaves them out:
+equal hashes mean equal results.
 """
 from __future__ import annotations
 
@@ -281,8 +282,20 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
 def results_hash(results: dict) -> str:
     """Hash of everything in results.json except the hash itself and measured durations."""
     kept = {k: v for k, v in results.items() if k != "results_hash"}
-    kept["methods"] = {m: {k: v for k, v in r.items() if k != "seconds"} for m, r in results["methods"].items()}
-    return sha256_hex(stable_json(kept))[:16]
+    return sha256_hex(stable_json(without_durations(kept)))[:16]
+
+
+def is_duration(key) -> bool:
+    return isinstance(key, str) and (key == "seconds" or key.endswith("_seconds"))
+
+
+def without_durations(value):
+    """`value` with every measured duration (keys `seconds`, `*_seconds`) removed, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_durations(v) for k, v in value.items() if not is_duration(k)}
+    if isinstance(value, list):
+        return [without_durations(v) for v in value]
+    return value
 
 
 def _attention_change(before: dict, after: dict) -> dict:

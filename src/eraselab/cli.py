@@ -67,13 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         _import_extra_modules()
-        app(args=argv, standalone_mode=False, prog_name="eraselab")
+        status = app(args=argv, standalone_mode=False, prog_name="eraselab")
     except EraseLabError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume where it stopped", file=sys.stderr)
-        return 130
+        return _interrupted()
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
@@ -88,7 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         command = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "eraselab"
         print(f"error: {' '.join(exc.format_message().split())} (see `{command} --help`)", file=sys.stderr)
         return 2
+    # Outside standalone mode typer turns Ctrl-C into Exit(130) and *returns* that code instead of raising.
+    if isinstance(status, int) and not isinstance(status, bool) and status:
+        return _interrupted() if status == INTERRUPTED else status
     return 0
+
+
+INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def _interrupted() -> int:
+    print("interrupted; run the same command again to resume where it stopped", file=sys.stderr)
+    return INTERRUPTED
 
 
 def _is_usage_error(exc: Exception) -> bool:

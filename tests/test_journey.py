@@ -1,0 +1,43 @@
+"""The real-user journey's small promises (issue 14): interrupts, reproducible hashes, shareable files."""
+import os
+import stat
+
+import pytest
+
+from eraselab.atomic import atomic_write_text
+from eraselab.bench import results_hash
+from eraselab.cli import main
+
+
+def test_ctrl_c_exits_130_with_the_resume_message(monkeypatch, capsys):
+    """typer (outside standalone mode) turns KeyboardInterrupt into a *returned* 130, which main() ignored."""
+    import eraselab.commands.methods as methods_command
+
+    def interrupted():
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(methods_command, "method_rows", interrupted)
+    assert main(["methods"]) == 130
+    assert "interrupted; run the same command again" in capsys.readouterr().err
+
+
+def test_results_hash_ignores_every_measured_duration():
+    def results(erase_s, search_s):
+        return {"targets": ["circle"], "methods": {
+            "ap": {"seconds": erase_s, "extras": {"candidate_search_seconds": search_s, "candidates": ["star"]},
+                   "metrics": {"target": 0.1}}}}
+
+    assert results_hash(results(1.0, 2.0)) == results_hash(results(3.5, 9.25))
+    changed = results(1.0, 2.0)
+    changed["methods"]["ap"]["extras"]["candidates"] = ["ring"]
+    assert results_hash(changed) != results_hash(results(1.0, 2.0))
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_follow_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        atomic_write_text(tmp_path / "report.html", "<html></html>")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o666 & ~umask
