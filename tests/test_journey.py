@@ -41,3 +41,17 @@ def test_written_files_follow_the_umask(tmp_path, umask):
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "report.html").stat().st_mode) == 0o666 & ~umask
+
+
+def test_ci_runs_exactly_the_readme_commands():
+    """A fresh clone + README's install + README's test command is what CI checks, nothing more."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    blocks = [b.split("```", 1)[0].strip() for b in readme.split("```bash\n")[1:3]]
+    install = blocks[0].splitlines()[0]
+    test_command = blocks[1].splitlines()[0]
+    ci = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines()]
+    assert install.startswith("pip install") and install in ci
+    assert test_command.endswith("pytest -q") and test_command in ci
