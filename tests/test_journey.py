@@ -55,3 +55,18 @@ def test_ci_runs_exactly_the_readme_commands():
     ci = [line.strip() for line in (root / ".ci" / "run").read_text().splitlines()]
     assert install.startswith("pip install") and install in ci
     assert test_command.endswith("pytest -q") and test_command in ci
+
+
+def test_methods_listing_is_not_truncated_when_piped(capsys):
+    """Piped output (not a TTY) is plain text: every default and every reference in full."""
+    from eraselab.methods import get_method, method_names
+
+    assert main(["methods"]) == 0
+    text = capsys.readouterr().out
+    for name in method_names():
+        config = get_method(name).Config
+        assert f"{name}: " in text
+        for recipe in config.recipes:
+            assert recipe.reference.cite() in text
+        assert "…" not in text
+    assert "max_norm_growth=" in text  # the last UCE default, cut off by an 80-column table

@@ -35,28 +35,48 @@ def recipe_cell(recipes: list[dict]) -> str:
 def register(app: typer.Typer) -> None:
     @app.command("methods")
     def methods_cmd(verbose: bool = typer.Option(False, "--verbose", "-v", help="explain every setting")):
-        """List the erasure methods, their SD 1.x defaults and the scaled-down miniworld preset.
+        """List the erasure methods, their recipes (the official code each reproduces), their SD 1.x defaults and
+        the scaled-down miniworld preset.
 
         Example: eraselab methods
         """
-        from rich.console import Console
-        from rich.table import Table
+        import sys
 
-        table = Table("method", "what it does", "recipes (reference code)", "defaults (SD 1.x)", "miniworld preset",
-                      show_lines=True)
         rows = method_rows()
-        for r in rows:
-            table.add_row(r["method"], r["description"], recipe_cell(r["recipes"]),
-                          " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in r["defaults"].items()),
-                          " ".join(f"{k}={v}" for k, v in r["miniworld"].items()) or "same")
-        console = Console()
-        console.print(table)
+        # A table only for a terminal: piped or redirected, rich would cut every cell to 80 columns.
+        print_table(rows) if sys.stdout.isatty() else print_plain(rows)
         if verbose:
             for r in rows:
-                console.print(f"[bold]{r['method']}[/bold]")
+                print(r["method"])
                 for rec in r["recipes"]:
-                    console.print(f"  recipe {rec['name']}: {rec['summary']} ({rec['reference']})")
+                    print(f"  recipe {rec['name']}: {rec['summary']} ({rec['reference']})")
                 for k, text in r["help"].items():
-                    console.print(f"  {k}: {text}")
-        console.print("Set with --config key=value; preset=auto picks miniworld for the embedded model or a UNet "
-                      "under 50 M parameters.")
+                    print(f"  {k}: {text}")
+        print("Set with --config key=value; recipe=NAME picks a reference recipe; preset=auto picks miniworld for "
+              "the embedded model or a UNet under 50 M parameters.")
+
+
+def settings_text(values: dict) -> str:
+    return " ".join(f"{k}={v!r}" if isinstance(v, str) else f"{k}={v}" for k, v in values.items())
+
+
+def print_table(rows: list[dict]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("method", "what it does", "recipes (reference code)", "defaults (SD 1.x)", "miniworld preset",
+                  show_lines=True)
+    for r in rows:
+        table.add_row(r["method"], r["description"], recipe_cell(r["recipes"]), settings_text(r["defaults"]),
+                      settings_text(r["miniworld"]) or "same")
+    Console().print(table)
+
+
+def print_plain(rows: list[dict]) -> None:
+    """Every method as a few full lines, nothing truncated (for pipes, files and grep)."""
+    for r in rows:
+        print(f"{r['method']}: {r['description']}")
+        for line in recipe_cell(r["recipes"]).splitlines():
+            print(f"  recipe {line}")
+        print(f"  defaults (SD 1.x): {settings_text(r['defaults'])}")
+        print(f"  miniworld preset: {settings_text(r['miniworld']) or 'same'}")
