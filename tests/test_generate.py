@@ -14,6 +14,7 @@ import torch
 from eraselab.edits import Edit, edit_from_changes, snapshot
 from eraselab.errors import EraseLabError
 from eraselab.generate import generate, image_keys, images_for, lanes
+from eraselab.models import default_image_size
 from eraselab.probes import Probe
 from eraselab.store import RunStore
 
@@ -336,6 +337,24 @@ def test_cli_writes_store_and_images_csv(saved_pipe, tmp_path, capsys):
     store = RunStore(out)
     assert all((out / r_["image"]).is_file() and store.verify_image(r_["image_key"]) for r_ in rows)
     assert rows[0]["negative_prompt"] == "blurry" and store.image_count() == 9
+    size = str(default_image_size(pipe_of(saved_pipe)))
+    assert {(r_["height"], r_["width"]) for r_ in rows} == {(size, size)}  # the generated size, not 0
+
+
+def pipe_of(folder):
+    from eraselab.models import load_pipeline
+
+    return load_pipeline(str(folder), device="cpu")
+
+
+def test_a_second_generate_into_the_same_folder_keeps_the_first_rows(saved_pipe, tmp_path, capsys):
+    out = tmp_path / "out"
+    for prompt in ("a cat", "a dog"):
+        r = _cli("generate", "--model", saved_pipe, "--prompt", prompt, "--seeds", "0", "--steps", STEPS, "--out",
+                 out, "--no-progress", capsys=capsys)
+        assert r.returncode == 0, r.stderr
+    with open(out / "images.csv", newline="", encoding="utf-8") as f:
+        assert [r_["prompt"] for r_ in csv.DictReader(f)] == ["a cat", "a dog"]
 
 
 @pytest.mark.parametrize("args, message", [

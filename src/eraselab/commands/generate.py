@@ -63,15 +63,29 @@ def read_prompt_file(path: str | Path) -> list[str]:
     return prompts
 
 
-def _images_csv(store, probes, keys) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["prompt", "seed", "image", "negative_prompt", "steps", "guidance", "sampler", "height",
-                     "width", "image_key"])
+IMAGES_COLUMNS = ["prompt", "seed", "image", "negative_prompt", "steps", "guidance", "sampler", "height", "width",
+                  "image_key"]
+
+
+def _images_csv(store, probes, keys, default_size: int, previous: str = "") -> str:
+    """images.csv: the rows of an earlier run into the same folder (`previous`, the old file's text) that this
+    run did not make again, then this run's rows; sizes are the generated ones (a probe's 0 = the model's
+    default size)."""
+    new_rows = []
     for p, k in zip(probes, keys):
         rel = store.image_path(k).relative_to(store.folder)
-        writer.writerow([p.prompt, p.seed, rel.as_posix(), p.negative_prompt, p.steps, p.guidance, p.sampler,
-                         p.height, p.width, k])
+        new_rows.append([p.prompt, p.seed, rel.as_posix(), p.negative_prompt, p.steps, p.guidance, p.sampler,
+                         p.height or default_size, p.width or default_size, k])
+    made_now = {r[-1] for r in new_rows}
+    old_rows = []
+    if previous:
+        reader = csv.reader(io.StringIO(previous))
+        if next(reader, None) == IMAGES_COLUMNS:
+            old_rows = [r for r in reader if len(r) == len(IMAGES_COLUMNS) and r[-1] not in made_now]
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(IMAGES_COLUMNS)
+    writer.writerows(old_rows + new_rows)
     return buf.getvalue()
 
 
@@ -146,7 +160,7 @@ def _run(model, out, probes, edit, batch_size, device, shard, progress, run_conf
 
     from ..atomic import atomic_write_text
     from ..generate import distributed_state, generate, resolve_shard
-    from ..models import load_pipeline, pick_device
+    from ..models import default_image_size, load_pipeline, pick_device
     from ..store import RunStore
 
     shard = resolve_shard(shard)
@@ -169,5 +183,7 @@ def _run(model, out, probes, edit, batch_size, device, shard, progress, run_conf
                       f"images.csv is written by the run that completes the set")
         return
     if shard is None or shard[0] == 0 or not distributed:
-        atomic_write_text(Path(out) / IMAGES_CSV, _images_csv(store, probes, keys))
+        listing = Path(out) / IMAGES_CSV
+        previous = listing.read_text(encoding="utf-8") if listing.exists() else ""
+        atomic_write_text(listing, _images_csv(store, probes, keys, default_image_size(pipe), previous))
     console.print(f"{len(set(keys))} image(s) in {store.folder} — list: {Path(out) / IMAGES_CSV}")
