@@ -298,7 +298,15 @@ def test_auto_batch_size_is_positive_and_fills_a_lane(pipe, unet_lane):
     from eraselab.generate import auto_batch_size
 
     n = auto_batch_size(pipe, Probe("a cat"), branches=2)
-    assert unet_lane // 2 <= n <= 64
+    assert n == unet_lane // 2  # one lane's worth: images are stored lane by lane, whatever the free memory
+    assert auto_batch_size(pipe, Probe("a cat"), branches=3) == unet_lane // 3
+
+
+def test_absurd_guidance_is_an_error_not_black_images(pipe, tmp_path):
+    store = RunStore(tmp_path)
+    with pytest.raises(EraseLabError, match="non-finite latents"):
+        generate(pipe, [Probe("a cat", seed=0, steps=STEPS, guidance=1e30)], store, progress=False)
+    assert store.image_count() == 0
 
 
 # ---- command line -------------------------------------------------------------------------------------------

@@ -48,7 +48,6 @@ from .store import RunStore, producer_info
 UNET_LANE_PIXELS, UNET_LANE_LIMITS = 2 ** 16, (4, 64)
 VAE_LANE_PIXELS, VAE_LANE_LIMITS = 2 ** 18, (1, 16)
 TEXT_LANE = 8
-MAX_AUTO_BATCH = 64
 _VAE_FP_ATTR = "_eraselab_vae_fingerprint"
 
 
@@ -186,35 +185,14 @@ def _branches(guidance: Guidance, probe: Probe) -> list[tuple[str, str]]:
     return rows
 
 
-def _free_memory_bytes(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.mem_get_info(device)[0])
-    import psutil
-
-    return int(psutil.virtual_memory().available)
-
-
 def auto_batch_size(pipe, probe: Probe, branches: int) -> int:
-    """Probes per batch from free memory. Peak activation memory is set by the fixed lanes; what grows with the
-    batch is its state (latents, text embeddings, decoded images), so the batch is as large as that state allows
-    in a quarter of the free memory left after one lane's activations, at least one full UNet lane and at most
-    MAX_AUTO_BATCH. The activation estimates are rough (a constant times the largest feature map), good to a
-    factor of ~2 for SD 1.x/2.x."""
-    device = pipe.unet.device
-    item = torch.empty((), dtype=pipe.unet.dtype).element_size()
+    """Probes per batch: as many as fill one UNet lane with their branches (at least 1).
+
+    The UNet runs in fixed lanes whatever the batch, so a larger batch is not faster; a lane-sized one stores
+    its images as soon as they are made, so an interrupted run keeps all but the batch in flight (the first
+    images land after one lane's denoising loop) and memory never grows with the number of prompts."""
     h, w = resolved_size(pipe, probe)
-    lane = lanes(pipe, h, w)
-    scale = int(getattr(pipe, "vae_scale_factor", 8))
-    latent = pipe.unet.config.in_channels * (h // scale) * (w // scale)
-    text = 77 * int(pipe.text_encoder.config.hidden_size)
-    per_probe = item * (branches * (2 * latent + text) + 2 * 3 * h * w) + 4 * 3 * h * w
-    unet_lane = lane.unet * item * 24 * (h // scale) * (w // scale) * max(pipe.unet.config.block_out_channels)
-    vae_lane = lane.vae * item * 8 * h * w * max(pipe.vae.config.block_out_channels)
-    budget = _free_memory_bytes(device) - unet_lane - vae_lane
-    smallest = max(1, math.ceil(lane.unet / branches))
-    if budget <= 0:
-        return smallest
-    return int(min(MAX_AUTO_BATCH, max(smallest, budget // 4 // per_probe)))
+    return max(1, lanes(pipe, h, w).unet // max(1, branches))
 
 
 # ---- network calls in fixed lanes ----------------------------------------------------------------------------
@@ -338,6 +316,12 @@ def _denoise(pipe, probes: list[Probe], guidance: Guidance, texts: _TextEmbeddin
             eps[members] = guidance.combine(uncond, cond, extra, g, step_index, states[g])
         latents = scheduler.step(eps, t, latents, **extra_step_args, return_dict=False)[0]
 
+    bad = [i for i in range(len(probes)) if not bool(torch.isfinite(latents[i]).all())]
+    if bad:
+        p = probes[bad[0]]
+        raise EraseLabError(f"sampling {p.prompt!r} (seed {p.seed}) at guidance {p.guidance} produced non-finite "
+                            "latents (NaN/inf), which would be stored as black images; lower --guidance (7.5 is "
+                            "usual) or check the edit")
     vae_scale = pipe.vae.config.scaling_factor
     decoded = _in_lanes(lambda z: pipe.vae.decode(z / vae_scale, return_dict=False)[0],
                         [latents.to(pipe.vae.dtype)], lane.vae)
@@ -392,7 +376,7 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
     Probes already in the store with an intact PNG are skipped without touching the model (a damaged PNG is
     reported and regenerated). `edit` is applied before the first UNet call and reverted afterwards, even on
     error; its `generation` metadata picks the guidance (guidance.guidance_for). `batch_size` is the number of
-    probes denoised together (default: from free memory, see auto_batch_size); it never changes pixels.
+    probes denoised together (default: one UNet lane's worth, see auto_batch_size); it never changes pixels.
     `hooks` follow the GenerationHook protocol. With `shard=(i, n)` (or under `accelerate launch`) this process
     makes only its share of the missing images; the returned keys still cover every probe, and the other shares
     appear in the store as the other processes finish them. `run_config` is recorded with the run (the command
