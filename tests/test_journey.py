@@ -70,3 +70,31 @@ def test_methods_listing_is_not_truncated_when_piped(capsys):
             assert recipe.reference.cite() in text
         assert "…" not in text
     assert "max_norm_growth=" in text  # the last UCE default, cut off by an 80-column table
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("format_version", 99, "format version 99"),
+    ("format_version", "1", "format version '1'"),
+    ("targets", "circle", "field 'targets' must be list"),
+    ("config", [], "field 'config' must be dict"),
+    ("seconds", "fast", "field 'seconds' must be int or float"),
+    ("extras", None, None),  # an optional field may be null
+])
+def test_edit_json_of_another_version_or_with_wrong_types_is_refused(tiny_pipe_factory, tmp_path, field, value,
+                                                                     message):
+    import json
+
+    import eraselab
+    from eraselab.edits import Edit
+    from eraselab.errors import EraseLabError
+
+    edit = eraselab.erase(tiny_pipe_factory(0), "negprompt", ["circle"], progress=False)
+    folder = edit.save(tmp_path / "edit")
+    meta = json.loads((folder / "edit.json").read_text())
+    meta[field] = value
+    (folder / "edit.json").write_text(json.dumps(meta))
+    if message is None:
+        Edit.load(folder)
+        return
+    with pytest.raises(EraseLabError, match=message):
+        Edit.load(folder)

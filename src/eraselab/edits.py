@@ -123,6 +123,7 @@ class Edit:
         if not isinstance(meta, dict):
             raise EraseLabError(f"{meta_path} is not an edit description (a JSON object); re-run `eraselab erase` to "
                                 "rebuild it")
+        check_metadata(meta, meta_path)
         try:
             tensors = load(tensor_path.read_bytes())
         except Exception as exc:  # safetensors raises its own error type for truncated/garbled files
@@ -133,10 +134,10 @@ class Edit:
                 raise EraseLabError(f"{tensor_path} holds non-finite values in {name}; re-run `eraselab erase`")
         try:
             edit = cls(tensors=tensors, method=meta["method"], base_fingerprint=meta["base_fingerprint"],
-                       config=meta.get("config", {}), targets=meta.get("targets", []),
-                       preserved=meta.get("preserved", []), seconds=float(meta.get("seconds", 0.0)),
-                       generation=meta.get("generation", {}), extras=meta.get("extras", {}),
-                       versions=meta.get("versions", {}))
+                       config=meta.get("config") or {}, targets=meta.get("targets") or [],
+                       preserved=meta.get("preserved") or [], seconds=float(meta.get("seconds") or 0.0),
+                       generation=meta.get("generation") or {}, extras=meta.get("extras") or {},
+                       versions=meta.get("versions") or {})
         except (KeyError, TypeError, ValueError) as exc:
             what = f"lacks field {exc}" if isinstance(exc, KeyError) else f"has a field of the wrong type ({exc})"
             raise EraseLabError(f"{meta_path} {what}; re-run `eraselab erase` to rebuild it") from exc
@@ -156,6 +157,35 @@ class Edit:
         finally:
             self.revert(pipe)
         return Path(out_dir)
+
+
+# Each field of edit.json and the JSON type it must have (bool excluded from numbers).
+_FIELD_TYPES = {"format_version": int, "method": str, "base_fingerprint": str, "config": dict, "targets": list,
+                "preserved": list, "seconds": (int, float), "generation": dict, "extras": dict, "versions": dict,
+                "edit_hash": str}
+_REQUIRED = ("format_version", "method", "base_fingerprint")
+
+
+def check_metadata(meta: dict, meta_path: Path) -> None:
+    """Refuse an edit.json of another format version or with a missing or wrong-typed field (one line)."""
+    for key in _REQUIRED:
+        if key not in meta:
+            raise EraseLabError(f"{meta_path} lacks field {key!r}; re-run `eraselab erase` to rebuild it")
+    version = meta["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise EraseLabError(f"{meta_path} has edit format version {version!r}, but this eraselab reads version "
+                            f"{FORMAT_VERSION}; use the eraselab that wrote it or re-run `eraselab erase`")
+    for key, kind in _FIELD_TYPES.items():
+        value = meta.get(key)
+        if value is None and key not in _REQUIRED:
+            continue
+        if isinstance(value, bool) or not isinstance(value, kind):
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise EraseLabError(f"{meta_path} field {key!r} must be {names}, not {type(value).__name__}; re-run "
+                                "`eraselab erase` to rebuild it")
+    for key in ("targets", "preserved"):
+        if not all(isinstance(c, str) for c in meta.get(key) or []):
+            raise EraseLabError(f"{meta_path} field {key!r} must list strings; re-run `eraselab erase` to rebuild it")
 
 
 def named_parameters(pipe) -> dict[str, torch.nn.Parameter]:
