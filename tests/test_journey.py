@@ -98,3 +98,12 @@ def test_edit_json_of_another_version_or_with_wrong_types_is_refused(tiny_pipe_f
         return
     with pytest.raises(EraseLabError, match=message):
         Edit.load(folder)
+
+
+@pytest.mark.parametrize("target", ["dog", "🐶", "circle" * 2000], ids=["dog", "emoji", "10k-chars"])
+def test_erase_on_miniworld_refuses_concepts_the_world_does_not_have(tmp_path, capsys, target):
+    assert main(["erase", "--model", "miniworld", "--method", "uce", "--target", target, "--out",
+                 str(tmp_path / "e")]) == 2
+    err = capsys.readouterr().err
+    assert "not a miniworld concept" in err and len(err.strip().splitlines()) == 1 and len(err) < 400
+    assert not (tmp_path / "e").exists()

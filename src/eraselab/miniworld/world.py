@@ -55,7 +55,8 @@ class World:
 
     def check(self, concept: str) -> str:
         if concept not in self.concepts:
-            raise EraseLabError(f"{concept!r} is not a miniworld concept; choose one of {', '.join(self.concepts)}")
+            shown = concept if len(concept) <= 60 else f"{concept[:40]}… ({len(concept)} characters)"
+            raise EraseLabError(f"{shown!r} is not a miniworld concept; choose one of {', '.join(self.concepts)}")
         return concept
 
     def parent(self, concept: str) -> str | None:
