@@ -107,3 +107,10 @@ def test_erase_on_miniworld_refuses_concepts_the_world_does_not_have(tmp_path, c
     err = capsys.readouterr().err
     assert "not a miniworld concept" in err and len(err.strip().splitlines()) == 1 and len(err) < 400
     assert not (tmp_path / "e").exists()
+
+
+def test_bench_without_a_target_does_not_start(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench"]) == 2
+    assert "no target given" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())

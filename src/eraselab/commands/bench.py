@@ -13,7 +13,7 @@ def register(app: typer.Typer) -> None:
     def bench_cmd(
         model: str = typer.Option("miniworld", "--model", "-m", help="miniworld, a diffusers folder or a hub id."),
         methods: str = typer.Option("uce,esd-x,ap", "--methods", help="Comma-separated methods (see `eraselab methods`)."),
-        target: list[str] = typer.Option(["circle"], "--target", "-t", help="Concept to erase (repeat for several)."),
+        target: list[str] = typer.Option([], "--target", "-t", help="Concept to erase (repeat for several; required)."),
         preserve: list[str] = typer.Option([], "--preserve", help="Concept to preserve (repeat for several)."),
         suites: str = typer.Option("see,erasebench", "--suites", help="Comma-separated suites, or suite .yaml files."),
         evaluator: str = typer.Option("auto", "--evaluator", help="auto (oracle on miniworld, clip otherwise) or a name."),
@@ -32,7 +32,12 @@ def register(app: typer.Typer) -> None:
         Example: eraselab bench --model miniworld --methods uce,esd-x --target circle --suites see,erasebench --out runs/circle
         """
         from ..bench import BenchSpec, run_bench
+        from ..errors import EraseLabError
         from .console import console, summary_table
+
+        if not target:  # a bench is minutes to hours of work: never start one nobody asked for in full
+            raise EraseLabError("no target given; pass --target CONCEPT (e.g. --target circle), or run `eraselab "
+                                "demo` for the ready-made miniworld run")
 
         spec = BenchSpec(model=model, methods=comma_list(methods), targets=distinct(target, "--target"),
                          preserve=distinct(preserve, "--preserve"),
