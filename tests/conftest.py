@@ -40,3 +40,30 @@ def tiny_pipe():
     from eraselab.models import tiny_random_pipeline
 
     return tiny_random_pipeline(0)
+
+
+def tiny_clip_model():
+    """A tiny random CLIPModel with its image processor and the real CLIP BPE tokenizer (no downloads)."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from eraselab.models import clip_tokenizer
+
+    torch.manual_seed(0)
+    config = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": 49406,
+                     "eos_token_id": 49407, "pad_token_id": 49407},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16)
+    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return CLIPModel(config).eval(), processor, clip_tokenizer()
+
+
+def save_clip_folder(folder, model, processor, tokenizer):
+    """Write a CLIP folder the way `save_pretrained` users have them (what `--evaluator clip:FOLDER` reads)."""
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder

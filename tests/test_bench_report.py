@@ -103,6 +103,31 @@ def test_bench_bad_input_is_refused_before_work(tiny_model_dir, tmp_path):
     assert not (tmp_path / "a").exists()
 
 
+def test_missing_evaluator_weights_fail_before_the_model_loads_or_anything_is_erased(tiny_model_dir, tmp_path,
+                                                                                     monkeypatch):
+    import eraselab.models
+
+    def too_late(*args, **kwargs):
+        raise AssertionError("the model was loaded before the evaluator was checked")
+
+    monkeypatch.setattr(eraselab.models, "load_pipeline", too_late)
+    with pytest.raises(EraseLabError, match="does not exist"):
+        run_bench(_spec(tiny_model_dir, evaluator="clip:/nonexistent/clip-folder"), tmp_path / "r",
+                  say=lambda m: None, progress=False)
+    for bad in ("clip:", "nudenet:/some/folder"):
+        with pytest.raises(EraseLabError, match="name the weights after the colon"):
+            run_bench(_spec(tiny_model_dir, evaluator=bad), tmp_path / "r", say=lambda m: None)
+
+
+def test_bench_judges_with_a_clip_model_from_a_local_folder(tiny_model_dir, tmp_path):
+    from conftest import save_clip_folder, tiny_clip_model
+
+    folder = save_clip_folder(tmp_path / "clip", *tiny_clip_model())
+    results = run_bench(_spec(tiny_model_dir, evaluator=f"clip:{folder}", suites=("erasebench",), attention=False),
+                        tmp_path / "run", say=lambda m: None, progress=False)
+    assert results["evaluator"]["name"] == "clip" and results["evaluator"]["config"]["model"] == str(folder)
+
+
 def test_report_renders_in_headless_browser(bench_run, tmp_path):
     """The report loads in a real browser with no console errors, every image resolves, one row per method."""
     from report_browser import check_in_browser

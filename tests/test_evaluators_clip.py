@@ -6,8 +6,9 @@ from PIL import Image
 
 from eraselab.errors import EraseLabError
 from eraselab.evaluators import get_evaluator
-from eraselab.models import clip_tokenizer
 from eraselab.probes import Probe
+
+from conftest import save_clip_folder, tiny_clip_model
 
 
 def _image(seed, size=40):
@@ -17,19 +18,7 @@ def _image(seed, size=40):
 
 @pytest.fixture(scope="module")
 def tiny_clip(tmp_path_factory):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    torch.manual_seed(0)
-    config = CLIPConfig(
-        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                         "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": 49406,
-                         "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                           "image_size": 32, "patch_size": 8},
-        projection_dim=16)
-    model = CLIPModel(config).eval()
-    processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    tokenizer = clip_tokenizer()
+    model, processor, tokenizer = tiny_clip_model()
 
     # Construct a case with a known winner: make the visual projection map this image's pooled vision
     # features exactly onto the text embedding of "a photo of a zebra", so cos(image, zebra) = 1.
@@ -40,10 +29,7 @@ def tiny_clip(tmp_path_factory):
         pixels = processor(images=[target_image], return_tensors="pt")["pixel_values"]
         h = model.vision_model(pixel_values=pixels).pooler_output[0]
         model.visual_projection.weight.copy_(torch.outer(text_emb, h) / h.dot(h))
-    folder = tmp_path_factory.mktemp("tiny_clip")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = save_clip_folder(tmp_path_factory.mktemp("tiny_clip"), model, processor, tokenizer)
     return folder, target_image
 
 

@@ -55,9 +55,19 @@ class BenchSpec:
         return "miniworld" if self.model == "miniworld" else "real"
 
     def evaluator_name(self) -> str:
-        if self.evaluator != "auto":
-            return self.evaluator
+        name = self.evaluator.split(":", 1)[0]
+        if name != "auto":
+            return name
         return "oracle" if self.domain == "miniworld" else "clip"
+
+    def evaluator_model(self) -> str | None:
+        """The weights named after the evaluator ("clip:/models/clip-l" → "/models/clip-l"), or None."""
+        _, sep, model = self.evaluator.partition(":")
+        return model if sep else None
+
+
+# The constructor option each evaluator takes its model from, for `--evaluator NAME:MODEL`.
+EVALUATOR_MODEL_OPTION = {"clip": "model", "vqa": "model", "imagenet": "classifier", "oracle": "weights"}
 
 
 # ---- validation (before anything heavy is loaded) -----------------------------------------------------------
@@ -89,6 +99,11 @@ def validate(spec: BenchSpec) -> None:
         get_suite(suite, **spec.suite_options.get(suite, {}))
     if spec.evaluator_name() not in evaluator_names():
         raise EraseLabError(f"unknown evaluator {spec.evaluator!r}; choose one of {', '.join(evaluator_names())}")
+    model = spec.evaluator_model()
+    if model is not None and (not model.strip() or spec.evaluator_name() not in EVALUATOR_MODEL_OPTION):
+        takes = ", ".join(f"{n}:MODEL" for n in EVALUATOR_MODEL_OPTION)
+        raise EraseLabError(f"--evaluator {spec.evaluator!r}: name the weights after the colon, for an evaluator "
+                            f"that takes them ({takes}); e.g. clip:/models/clip-vit-large-patch14")
 
 
 def build_probes(spec: BenchSpec) -> list:
@@ -221,10 +236,12 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     run_dir = Path(run_dir)
     _check_writable(run_dir)
     probes = build_probes(spec)
-    say(f"{len(probes)} probes from {', '.join(spec.suites)}; loading {spec.model}")
+    # The evaluator first: a missing evaluator model must fail in seconds, not after hours of erasing.
+    say(f"{len(probes)} probes from {', '.join(spec.suites)}; loading the evaluator {spec.evaluator_name()}")
+    evaluator = _evaluator_for(spec, probes)
+    say(f"loading {spec.model}")
     pipe = load_pipeline(spec.model, device=pick_device(None))
     edits = make_edits(pipe, spec, run_dir, say)
-    evaluator = _evaluator_for(spec, probes)
     variants = {ORIGINAL: None, **edits}
     keys, rows, attention = {}, {}, {}
     with RunStore(run_dir / "store") as store:
@@ -317,10 +334,12 @@ def _evaluator_for(spec: BenchSpec, probes: list):
     from .evaluators import get_evaluator
 
     name = spec.evaluator_name()
+    options = {}
+    if spec.evaluator_model() is not None:
+        options[EVALUATOR_MODEL_OPTION[name]] = spec.evaluator_model()
     if name == "clip":
-        labels = sorted({c for p in probes for c in p.concepts} | set(spec.targets))
-        return get_evaluator(name, labels=labels)
-    return get_evaluator(name)
+        options["labels"] = sorted({c for p in probes for c in p.concepts} | set(spec.targets))
+    return get_evaluator(name, **options)
 
 
 def _features(evaluator, store, keys: dict) -> dict:

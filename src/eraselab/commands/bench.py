@@ -16,7 +16,7 @@ def register(app: typer.Typer) -> None:
         target: list[str] = typer.Option([], "--target", "-t", help="Concept to erase (repeat for several; required)."),
         preserve: list[str] = typer.Option([], "--preserve", help="Concept to preserve (repeat for several)."),
         suites: str = typer.Option("see,erasebench", "--suites", help="Comma-separated suites, or suite .yaml files."),
-        evaluator: str = typer.Option("auto", "--evaluator", help="auto (oracle on miniworld, clip otherwise) or a name."),
+        evaluator: str = typer.Option("auto", "--evaluator", help="auto (oracle on miniworld, clip otherwise), a name, or NAME:MODEL with the evaluator's weights (clip:/models/clip-l, vqa:FOLDER, imagenet:efficientnet-lite0, oracle:FILE)."),
         seeds_per_prompt: int = typer.Option(None, "--seeds-per-prompt", help="Seeds per prompt (suite default if omitted)."),
         steps: int = typer.Option(None, "--steps", help="Sampling steps (suite default if omitted)."),
         guidance: float = typer.Option(None, "--guidance", help="CFG scale (suite default if omitted)."),

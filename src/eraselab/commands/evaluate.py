@@ -11,7 +11,7 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         run: Path = typer.Option(..., "--run", help="A folder written by `eraselab bench`."),
-        evaluator: str = typer.Option(None, "--evaluator", help="Evaluator name (default: the run's)."),
+        evaluator: str = typer.Option(None, "--evaluator", help="Evaluator name or NAME:MODEL (default: the run's)."),
     ):
         """Judge a bench run's images (cached images and edits are reused) and rewrite its results.
 
