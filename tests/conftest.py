@@ -54,15 +54,15 @@ def tiny_clip_model():
         text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
                      "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": 49406,
                      "eos_token_id": 49407, "pad_token_id": 49407},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
-                       "image_size": 32, "patch_size": 8},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                       "num_attention_heads": 4, "image_size": 32, "patch_size": 8},
         projection_dim=16)
     processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     return CLIPModel(config).eval(), processor, clip_tokenizer()
 
 
 def save_clip_folder(folder, model, processor, tokenizer):
-    """Write a CLIP folder the way `save_pretrained` users have them (what `--evaluator clip:FOLDER` reads)."""
+    """Write a CLIP folder as `save_pretrained` users have it (what `--evaluator clip:FOLDER` reads)."""
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
     tokenizer.save_pretrained(folder)

@@ -123,8 +123,8 @@ def test_bench_judges_with_a_clip_model_from_a_local_folder(tiny_model_dir, tmp_
     from conftest import save_clip_folder, tiny_clip_model
 
     folder = save_clip_folder(tmp_path / "clip", *tiny_clip_model())
-    results = run_bench(_spec(tiny_model_dir, evaluator=f"clip:{folder}", suites=("erasebench",), attention=False),
-                        tmp_path / "run", say=lambda m: None, progress=False)
+    spec = _spec(tiny_model_dir, evaluator=f"clip:{folder}", suites=("erasebench",), attention=False)
+    results = run_bench(spec, tmp_path / "run", say=lambda m: None, progress=False)
     assert results["evaluator"]["name"] == "clip" and results["evaluator"]["config"]["model"] == str(folder)
 
 

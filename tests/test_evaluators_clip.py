@@ -2,13 +2,12 @@
 import numpy as np
 import pytest
 import torch
+from conftest import save_clip_folder, tiny_clip_model
 from PIL import Image
 
 from eraselab.errors import EraseLabError
 from eraselab.evaluators import get_evaluator
 from eraselab.probes import Probe
-
-from conftest import save_clip_folder, tiny_clip_model
 
 
 def _image(seed, size=40):

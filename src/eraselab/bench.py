@@ -10,8 +10,8 @@ Everything lands in one run folder, and every stage reuses what an earlier (poss
     tables/*.csv            the same as CSV (metrics, per-image verdicts)
 results.json holds no wall-clock time stamps, so an interrupted-and-resumed run writes the same file as an
 uninterrupted one. Measured durations (every key named `seconds` or ending in `_seconds`, at any depth: each
-method's erase time, AP's candidate-search time) differ between any two runs, so `results_hash` leaves them out:
-equal hashes mean equal results.
+method's erase time, AP's candidate-search time) differ between any two runs, so `results_hash` leaves them
+out: equal hashes mean equal results.
 """
 from __future__ import annotations
 
