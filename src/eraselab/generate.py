@@ -250,15 +250,25 @@ class _Batch:
     keys: list[str]
 
 
-def _check_supported(pipe) -> None:
+def check_supported(pipe) -> None:
+    """Refuse, in one line, pipelines the generation engine cannot run (so nothing is made for them)."""
     missing = [n for n in ("unet", "vae", "text_encoder", "tokenizer", "scheduler") if getattr(pipe, n, None) is None]
-    if missing:
+    if missing and not (missing == ["unet"] and getattr(pipe, "transformer", None) is not None):
         raise EraseLabError(f"the pipeline has no {missing[0]}; eraselab generates with Stable Diffusion 1.x/2.x "
                             "style pipelines (UNet + VAE + CLIP text encoder)")
-    if getattr(pipe, "text_encoder_2", None) is not None or pipe.unet.config.get("addition_embed_type"):
+    check_family(pipe)
+
+
+def check_family(pipe) -> None:
+    """Refuse model families the engine does not support yet (SDXL, transformer-based, guidance-embedded)."""
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+        raise EraseLabError("transformer-based pipelines (Flux/SD3-style) are not supported yet; use an SD 1.x/2.x "
+                            "model")
+    unet_config = getattr(getattr(pipe, "unet", None), "config", {})
+    if getattr(pipe, "text_encoder_2", None) is not None or unet_config.get("addition_embed_type"):
         raise EraseLabError("SDXL-style pipelines (two text encoders, added time ids) are not supported by the "
                             "generation engine yet; use an SD 1.x/2.x model")
-    if pipe.unet.config.get("time_cond_proj_dim") is not None:
+    if unet_config.get("time_cond_proj_dim") is not None:
         raise EraseLabError("guidance-embedded (LCM-style) UNets are not supported by the generation engine; "
                             "use an SD 1.x/2.x model")
 
@@ -394,7 +404,7 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
     if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise EraseLabError(f"batch size must be a positive integer, got {batch_size!r}; omit it to choose "
                             "automatically")
-    _check_supported(pipe)
+    check_supported(pipe)
     # An edit the caller applied beforehand is in the weights already: key the images by it, leave it in place.
     in_place = applied_edit(pipe)
     manage_edit = edit is not None and edit is not in_place

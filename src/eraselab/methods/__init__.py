@@ -31,7 +31,12 @@ def erase(pipe, method: str, targets, preserve=(), progress: bool = True, **conf
     `config` keys are the method's (see `eraselab methods`); preset="auto" picks SD 1.x reference defaults or the
     scaled-down miniworld ones by the model.
     """
+    from ..generate import check_family
+
     eraser_cls, request = build_request(method, targets, preserve, pipe=pipe, progress=progress, **config)
+    # An edit for a model family eraselab cannot generate with (SDXL, Flux today) could never be used: refuse
+    # it before any work, in one line, instead of crashing inside diffusers or writing an unusable edit.
+    check_family(pipe)
     if eraser_cls.needs_cross_attention:
         check_cross_attention(pipe)
     edit = eraser_cls().erase(pipe, request)
