@@ -126,3 +126,14 @@ def test_erase_refuses_an_sdxl_style_pipeline_in_one_line(tiny_pipe, method):
     tiny_pipe.text_encoder_2 = tiny_pipe.text_encoder  # what makes a pipeline SDXL-style to the engine
     with pytest.raises(EraseLabError, match="SDXL-style pipelines"):
         eraselab.erase(tiny_pipe, method, ["circle"], progress=False)
+
+
+def test_the_cli_silences_library_progress_bars(capsys):
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+    from transformers.utils import logging as transformers_logging
+
+    assert main(["methods"]) == 0
+    assert are_progress_bars_disabled()
+    assert not diffusers_logging.is_progress_bar_enabled()
+    assert not transformers_logging.is_progress_bar_enabled()

@@ -63,8 +63,10 @@ def _import_extra_modules() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Library advice (e.g. transformers on optional image backends) would bury eraselab's one-line errors.
+    # Library advice (e.g. transformers on optional image backends) would bury eraselab's one-line errors, and
+    # their progress bars ("Loading weights", "Fetching files") would interleave with eraselab's own.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    quiet_library_progress_bars()
     try:
         _import_extra_modules()
         status = app(args=argv, standalone_mode=False, prog_name="eraselab")
@@ -99,6 +101,24 @@ INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 def _interrupted() -> int:
     print("interrupted; run the same command again to resume where it stopped", file=sys.stderr)
     return INTERRUPTED
+
+
+def quiet_library_progress_bars() -> None:
+    """Switch off the progress bars of huggingface_hub, transformers and diffusers (all read the hub's switch;
+    diffusers' pipeline loading has its own)."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    try:
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()
+        from transformers.utils import logging as transformers_logging
+
+        transformers_logging.disable_progress_bar()
+    except ImportError:  # a dependency missing is reported where it is needed, with its fix
+        pass
 
 
 def _is_usage_error(exc: Exception) -> bool:
