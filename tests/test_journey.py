@@ -137,3 +137,22 @@ def test_the_cli_silences_library_progress_bars(capsys):
     assert are_progress_bars_disabled()
     assert not diffusers_logging.is_progress_bar_enabled()
     assert not transformers_logging.is_progress_bar_enabled()
+
+
+def test_erase_time_leaves_out_fingerprinting_and_is_zero_for_inference_time_methods(tiny_pipe, monkeypatch):
+    import time
+
+    import eraselab
+    import eraselab.models
+
+    real = eraselab.models.compute_fingerprint
+
+    def slow_fingerprint(pipe):  # stands in for hashing SD's 3.9 GB of weights
+        time.sleep(3)
+        return real(pipe)
+
+    monkeypatch.setattr(eraselab.models, "compute_fingerprint", slow_fingerprint)
+    edit = eraselab.erase(tiny_pipe, "uce", ["circle"], progress=False)
+    assert 0 < edit.seconds < 3
+    for method in ("negprompt", "sld"):
+        assert eraselab.erase(tiny_pipe, method, ["circle"], progress=False).seconds == 0.0

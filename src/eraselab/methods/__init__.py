@@ -32,6 +32,7 @@ def erase(pipe, method: str, targets, preserve=(), progress: bool = True, **conf
     scaled-down miniworld ones by the model.
     """
     from ..generate import check_family
+    from ..models import fingerprint
 
     eraser_cls, request = build_request(method, targets, preserve, pipe=pipe, progress=progress, **config)
     # An edit for a model family eraselab cannot generate with (SDXL, Flux today) could never be used: refuse
@@ -39,6 +40,9 @@ def erase(pipe, method: str, targets, preserve=(), progress: bool = True, **conf
     check_family(pipe)
     if eraser_cls.needs_cross_attention:
         check_cross_attention(pipe)
+    # The base fingerprint (a hash over gigabytes of weights on SD) is computed now, outside the method's
+    # timer, so an Edit's `seconds` is the erasure alone.
+    fingerprint(pipe)
     edit = eraser_cls().erase(pipe, request)
     recipe = request.config.recipe_info
     if recipe is not None:
