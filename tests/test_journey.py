@@ -156,3 +156,35 @@ def test_erase_time_leaves_out_fingerprinting_and_is_zero_for_inference_time_met
     assert 0 < edit.seconds < 3
     for method in ("negprompt", "sld"):
         assert eraselab.erase(tiny_pipe, method, ["circle"], progress=False).seconds == 0.0
+
+
+def test_a_preset_tuned_for_another_model_family_warns_once(tiny_pipe_factory):
+    from eraselab.errors import EraseLabWarning
+    from eraselab.methods import build_request
+
+    pipe = tiny_pipe_factory(0)  # a tiny UNet: preset auto is miniworld
+    with pytest.warns(EraseLabWarning, match="preset sd was tuned for Stable Diffusion"):
+        build_request("esd-x", ["circle"], pipe=pipe, preset="sd")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        build_request("esd-x", ["circle"], pipe=pipe)  # auto: no warning
+        build_request("esd-u", ["circle"], pipe=pipe, preset="sd")  # said once already
+
+
+def test_cli_prints_warnings_as_one_line(capsys):
+    import warnings
+
+    from eraselab.cli import show_warnings_as_one_line
+    from eraselab.errors import EraseLabWarning
+
+    before = warnings.showwarning
+    show_warnings_as_one_line()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.warn("sld does nothing here", EraseLabWarning, stacklevel=1)
+    finally:
+        warnings.showwarning = before
+    assert capsys.readouterr().err == "warning: sld does nothing here\n"

@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     # their progress bars ("Loading weights", "Fetching files") would interleave with eraselab's own.
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     quiet_library_progress_bars()
+    show_warnings_as_one_line()
     try:
         _import_extra_modules()
         status = app(args=argv, standalone_mode=False, prog_name="eraselab")
@@ -101,6 +102,23 @@ INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 def _interrupted() -> int:
     print("interrupted; run the same command again to resume where it stopped", file=sys.stderr)
     return INTERRUPTED
+
+
+def show_warnings_as_one_line() -> None:
+    """eraselab's warnings print as `warning: <message>`, without the file and line Python adds."""
+    import warnings
+
+    from .errors import EraseLabWarning
+
+    default = warnings.showwarning
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        if issubclass(category, EraseLabWarning):
+            print(f"warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    warnings.showwarning = show
 
 
 def quiet_library_progress_bars() -> None:

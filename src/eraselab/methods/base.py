@@ -20,9 +20,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
-from ..errors import EraseLabError
+from ..errors import EraseLabError, warn_once
 
 PRESETS = ("auto", "sd", "miniworld")
+PRESET_MODELS = {"sd": "Stable Diffusion 1.x-sized models", "miniworld": "the embedded miniworld model"}
 TINY_UNET_PARAMS = 50_000_000
 
 
@@ -110,6 +111,10 @@ class MethodConfig:
             raise EraseLabError(f"preset must be one of {', '.join(PRESETS)}, not {preset!r}")
         if preset == "auto":
             preset = auto_preset(pipe) if pipe is not None else "sd"
+        elif pipe is not None and preset != auto_preset(pipe):
+            warn_once(f"preset {preset} was tuned for {PRESET_MODELS[preset]}, not for this model (preset=auto "
+                      f"picks {auto_preset(pipe)} here); its steps and learning rates may do too little or too "
+                      "much")
         recipe = cls.recipe_named(values.get("recipe", ""))
         merged = {**(recipe.defaults if recipe else {}), **(cls.miniworld if preset == "miniworld" else {}),
                   **values, "preset": preset, "recipe": recipe.name if recipe else ""}
