@@ -188,3 +188,17 @@ def test_cli_prints_warnings_as_one_line(capsys):
     finally:
         warnings.showwarning = before
     assert capsys.readouterr().err == "warning: sld does nothing here\n"
+
+
+def test_a_full_output_device_is_a_one_line_error_not_a_traceback():
+    import subprocess
+    import sys
+
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full on this system")
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([sys.executable, "-m", "eraselab.cli", "methods"], stdout=full, stderr=subprocess.PIPE,
+                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    assert done.returncode == 1
+    assert done.stderr.startswith("error: cannot write the output") and "Traceback" not in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1

@@ -7,6 +7,7 @@ register a stand-in evaluator (or inject faults) in a CLI subprocess, where it c
 """
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import sys
@@ -76,6 +77,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return _interrupted()
+    except OSError as exc:  # stdout or a file on a full disk, or a closed pipe (`eraselab methods | head -1`)
+        if exc.errno not in (errno.ENOSPC, errno.EPIPE, errno.EDQUOT):
+            raise
+        _silence_stdout()  # Python's flush at exit would fail the same way, with a traceback
+        if exc.errno != errno.EPIPE:  # the reader of a pipe has what it wanted
+            print(f"error: cannot write the output ({exc.strerror}); free disk space or write it elsewhere "
+                  "(earlier results are intact)", file=sys.stderr)
+        return 1
     except typer.Exit as exc:
         return exc.exit_code
     except typer.Abort:
@@ -97,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+
+
+def _silence_stdout() -> None:
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (a test's capture): nothing to flush at exit
+        pass
+    finally:
+        os.close(devnull)
 
 
 def _interrupted() -> int:
