@@ -392,8 +392,11 @@ def _psd_sqrt(m: np.ndarray) -> np.ndarray:
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature matrices (N × D each), as FID computes it.
 
-    tr(sqrt(S_a S_b)) is computed as tr(sqrt(S_a^½ S_b S_a^½)): the same value (similar matrices), but the
-    argument is symmetric PSD, so an eigendecomposition gives it stably without scipy's sqrtm and its complex parts.
+    tr(sqrt(S_a S_b)) is computed exactly in whichever space is smaller: with centred rows A, B the non-zero
+    eigenvalues of S_a S_b are the squared singular values of A Bᵀ / sqrt((n_a − 1)(n_b − 1)), so with fewer
+    images than feature dimensions it is the nuclear norm of an n_a × n_b matrix (milliseconds, no D × D
+    eigendecompositions); otherwise tr(sqrt(S_a^½ S_b S_a^½)), symmetric PSD, by eigendecomposition (stable,
+    without scipy's sqrtm and its complex parts). Both are the same number.
     """
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
@@ -401,7 +404,14 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
                             f"{b.shape}")
     if len(a) < 2 or len(b) < 2:
         raise EraseLabError("Fréchet distance needs at least 2 images per side; generate more probes")
-    return _frechet_from_moments(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    if len(a) * len(b) * min(len(a), len(b)) >= a.shape[1] ** 3:
+        return _frechet_from_moments(a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False))
+    ca, cb = a - a.mean(0), b - b.mean(0)
+    scale_a, scale_b = len(a) - 1, len(b) - 1
+    cross = np.linalg.svd(ca @ cb.T, compute_uv=False).sum() / np.sqrt(scale_a * scale_b)
+    d = float(np.sum((a.mean(0) - b.mean(0)) ** 2) + np.sum(ca * ca) / scale_a + np.sum(cb * cb) / scale_b
+              - 2.0 * cross)
+    return max(d, 0.0)
 
 
 def _frechet_from_moments(mu_a, cov_a, mu_b, cov_b) -> float:
