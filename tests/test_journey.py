@@ -133,10 +133,13 @@ def test_the_cli_silences_library_progress_bars(capsys):
     from huggingface_hub.utils import are_progress_bars_disabled
     from transformers.utils import logging as transformers_logging
 
-    assert main(["methods"]) == 0
-    assert are_progress_bars_disabled()
-    assert not diffusers_logging.is_progress_bar_enabled()
+    assert main(["models"]) == 0  # lists models; loads none
+    assert are_progress_bars_disabled() and os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
     assert not transformers_logging.is_progress_bar_enabled()
+    from eraselab.models import load_pipeline
+
+    load_pipeline("miniworld")
+    assert not diffusers_logging.is_progress_bar_enabled()
 
 
 def test_erase_time_leaves_out_fingerprinting_and_is_zero_for_inference_time_methods(tiny_pipe, monkeypatch):

@@ -36,8 +36,12 @@ def _version_callback(value: bool):
 
 @app.callback()
 def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                       help="Print the version and exit.")):
-    pass
+                                       help="Print the version and exit."),
+          threads: int = typer.Option(None, "--threads", help="CPU threads for this job (default: its share of "
+                                      "the usable CPUs among running eraselab jobs; env ERASELAB_THREADS).")):
+    from .threads import apply_thread_policy, parse_threads
+
+    apply_thread_policy(parse_threads(threads))
 
 
 def _register_all() -> None:
@@ -141,21 +145,18 @@ def show_warnings_as_one_line() -> None:
 
 
 def quiet_library_progress_bars() -> None:
-    """Switch off the progress bars of huggingface_hub, transformers and diffusers (all read the hub's switch;
-    diffusers' pipeline loading has its own)."""
+    """Switch off huggingface_hub's and transformers' progress bars (both read this switch when imported;
+    load_pipeline makes diffusers follow it). Nothing is imported here: torch must not load before the thread
+    policy has set OpenMP's environment."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    try:
+    if "huggingface_hub" in sys.modules:  # imported already (a host process): switch them now
         from huggingface_hub.utils import disable_progress_bars
 
         disable_progress_bars()
-        from diffusers.utils import logging as diffusers_logging
-
-        diffusers_logging.disable_progress_bar()
+    if "transformers" in sys.modules:
         from transformers.utils import logging as transformers_logging
 
         transformers_logging.disable_progress_bar()
-    except ImportError:  # a dependency missing is reported where it is needed, with its fix
-        pass
 
 
 def _is_usage_error(exc: Exception) -> bool:

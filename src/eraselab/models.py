@@ -52,6 +52,7 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
         raise EraseLabError("no model given; pass --model miniworld, a diffusers folder or a hub id")
     if device is not None:
         device = _usable_device(device)  # before the weights load: a typo should fail in a second
+    _follow_hub_progress_setting()
     path = Path(model).expanduser()
     if model == MINIWORLD:
         path = miniworld_weights_dir()
@@ -83,6 +84,16 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def _follow_hub_progress_setting() -> None:
+    """diffusers' "Loading pipeline components" bar ignores huggingface_hub's switch (transformers' follows it):
+    turn it off too when the hub's bars are off (the CLI switches them off)."""
+    from diffusers.utils import logging as diffusers_logging
+    from huggingface_hub.utils import are_progress_bars_disabled
+
+    if are_progress_bars_disabled():
+        diffusers_logging.disable_progress_bar()
 
 
 def _check_tokenizer(pipe, model: str) -> None:
