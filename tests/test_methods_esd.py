@@ -30,13 +30,13 @@ def test_target_formula_in_both_conventions():
 def test_training_uses_the_target_formula(tiny_pipe_factory, monkeypatch, eta):
     pipe = tiny_pipe_factory(0)
     seen = {}
-    real_rollout, real_mse = esd_module.ddim_rollout, F.mse_loss
+    real_rollout, real_mse = esd_module.rollout, F.mse_loss
 
     def rollout(*args, **kw):
         seen["z"] = real_rollout(*args, **kw)
         return seen["z"]
 
-    def sample(self, generator):
+    def sample(self, generator, pairing="in-bin"):
         seen["t"] = 700
         return 3, 700
 
@@ -44,7 +44,7 @@ def test_training_uses_the_target_formula(tiny_pipe_factory, monkeypatch, eta):
         seen.setdefault("targets", []).append(target.detach().clone())
         return real_mse(pred, target)
 
-    monkeypatch.setattr(esd_module, "ddim_rollout", rollout)
+    monkeypatch.setattr(esd_module, "rollout", rollout)
     monkeypatch.setattr(esd_module.F, "mse_loss", mse)
     monkeypatch.setattr(NoiseSchedule, "sample_step_and_timestep", sample)
     eraselab.erase(pipe, "esd-x", ["circle"], iterations=1, ddim_steps=5, negative_guidance=eta, progress=False)

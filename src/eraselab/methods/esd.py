@@ -1,21 +1,43 @@
 """ESD — Erased Stable Diffusion (Gandikota et al., 2023): fine-tune the model so that its prediction for the
 target concept equals the frozen model's prediction negatively guided away from it.
 
+One step (both references): draw a rollout length and a training timestep t, roll a latent z out from noise
+with CFG (scale 3) on the target prompt, take the frozen model's ε*(z, ∅) and ε*(z, c) at t, and regress the
+trained model's ε_θ(z, c) (MSE) onto the target below; Adam, batch 1.
+
+References (rohitgandikota/erasing):
+- recipe "compvis" (default for esd-x and esd-u; the code behind the paper's numbers):
+  b8aeab6d4b6b613b88ad0bf219e3697c79003838, train-scripts/train-esd.py with ldm/models/diffusion/ddim.py
+  (the file is unchanged until it was deleted in 414dc94). 1000 iterations, lr 1e-5, η 1, 50 DDIM steps, the
+  rollout with the model being trained, training timestep paired as `timestep_pairing="compvis"` describes
+  (diffusion.NoiseSchedule.sample_step_and_timestep).
+- recipe "diffusers" (the only reference of esd-x-strict): 25613d27892326e0c7770f7f3555bea4be150089, esd_sd.py
+  with utils/sd_utils.py. 200 iterations, lr 5e-5, η′ 2 (= η 1), the rollout with the frozen model and the
+  pipeline's own scheduler (PNDM for the hub's SD 1.4) at 1024 px, stopped at timesteps[i] and trained at
+  exactly that timestep; its esd-u trains every Linear/Conv2d outside attn2 (also conv_out and the time
+  embedding, no norm layers: parameter group "u-linear-conv"). Where eraselab still differs from esd_sd.py: it
+  trains in float32 (esd_sd.py in bfloat16).
+
 η convention: this project uses the paper's η (`negative_guidance`, default 1):
     target = ε*(x_t, ∅) − η (ε*(x_t, c) − ε*(x_t, ∅)).
 The later diffusers rewrite writes target = ε*(c) − η′ (ε*(c) − ε*(∅)); the two agree when η′ = η + 1, so its
 default η′ = 2 is the paper's η = 1 (`paper_eta(eta_prime)` converts).
+
+eraselab's own options, off in both recipes: `anchor_unconditional` (a term keeping ε_θ(∅) at ε*(∅)) and
+`timestep_pairing="in-bin"` (train inside the rolled-out latent's own timestep bin).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
-from .base import Eraser, EraseRequest, MethodConfig, non_negative, positive
-from .diffusion import NoiseSchedule, ddim_rollout, latent_shape
+from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
+from .diffusion import PAIRINGS, SAMPLERS, NoiseSchedule, latent_shape, rollout
+from .params import GROUPS
 from .registry import register
 from .text import PromptEncoder, concept_prompt
 from .training import TrainingSession, progress_bar
@@ -35,6 +57,19 @@ def paper_eta(eta_prime: float) -> float:
     return eta_prime - 1.0
 
 
+REPOSITORY = "rohitgandikota/erasing"
+COMPVIS = Reference(REPOSITORY, "b8aeab6d4b6b613b88ad0bf219e3697c79003838", "train-scripts/train-esd.py")
+DIFFUSERS = Reference(REPOSITORY, "25613d27892326e0c7770f7f3555bea4be150089", "esd_sd.py")
+ROLLOUT_MODELS = ("trained", "frozen")
+# What esd_sd.py sets apart from the CompVis code (η′ 2 there is the same η 1 here).
+DIFFUSERS_SETTINGS = {"iterations": 200, "lr": 5e-5, "timestep_pairing": "exact", "rollout_model": "frozen",
+                      "rollout_sampler": "pipeline", "image_size": 1024}
+COMPVIS_RECIPE = Recipe("compvis", COMPVIS, "the paper's CompVis training script: 1000 steps at lr 1e-5, "
+                        "rollout with the trained model, CompVis timestep pairing")
+DIFFUSERS_SUMMARY = ("the diffusers rewrite: 200 steps at lr 5e-5, rollout with the frozen model and the "
+                     "pipeline's scheduler at 1024 px, trained at the rollout's own timestep")
+
+
 @dataclass
 class ESDConfig(MethodConfig):
     iterations: int = 1000
@@ -42,7 +77,15 @@ class ESDConfig(MethodConfig):
     negative_guidance: float = 1.0
     ddim_steps: int = 50
     rollout_guidance: float = 3.0
+    timestep_pairing: str = "compvis"
+    rollout_model: str = "trained"
+    rollout_sampler: str = "ddim"
+    image_size: int = 0
+    parameter_group: str = ""
     anchor_unconditional: float = 0.0
+
+    recipes: ClassVar[tuple[Recipe, ...]] = (
+        COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY, DIFFUSERS_SETTINGS))
 
     # 8×8 latents and a small UNet: a tenth of the iterations at a larger step size reach the same loss drop.
     # The paper's loss lets ε(∅) follow ε(c) on miniworld. On model 637f6b998d4e2534 (the grounded model; circle /
@@ -53,20 +96,34 @@ class ESDConfig(MethodConfig):
     # difference ε(c) − ε(∅) that sampling amplifies kept up to +0.6 d. Hence the unconditional anchor. The
     # anchored presets were chosen by trials conditioned on the bare word (a folder-loaded copy of the model;
     # 48 seeds): ESD-x lr 1e-4 0.63 at 150 steps (the drift had been doing part of the erasing); lr 3e-4 0.38 /
-    # 0.00 / 0.00 / 0.00 at 50 / 100 / 150 / 200 steps, star 0.75–0.79. The effect test with these presets
-    # (tests/test_methods_effect.py, caption form): ESD-x 0.00 / 0.85, ESD-u 0.00 / 0.92, ESD-x-strict 0.00 / 0.92.
-    miniworld: ClassVar[dict] = {"iterations": 150, "lr": 3e-4, "ddim_steps": 20, "anchor_unconditional": 1.0}
+    # 0.00 / 0.00 / 0.00 at 50 / 100 / 150 / 200 steps, star 0.75–0.79 (with the earlier in-bin pairing).
+    # image_size 0 also under recipe=diffusers: 1024 px would be 512×512 latents for the embedded 8×8 model.
+    miniworld: ClassVar[dict] = {"iterations": 150, "lr": 3e-4, "ddim_steps": 20, "anchor_unconditional": 1.0,
+                                 "image_size": 0}
     help: ClassVar[dict] = {**MethodConfig.help,
                             "iterations": "training steps (batch 1)", "lr": "Adam learning rate",
                             "negative_guidance": "η in the paper's convention (diffusers' η′ = η + 1)",
                             "ddim_steps": "DDIM steps of the sampler the partial rollout stops inside",
                             "rollout_guidance": "CFG scale of the partial rollout",
+                            "timestep_pairing": "which training timestep goes with the rollout's length: compvis "
+                                                "(train-esd.py), exact (esd_sd.py) or in-bin (eraselab's)",
+                            "rollout_model": "model the partial rollout runs: trained (train-esd.py) or frozen "
+                                             "(esd_sd.py)",
+                            "rollout_sampler": "ddim (train-esd.py) or pipeline: the pipeline's own scheduler "
+                                               "(esd_sd.py)",
+                            "image_size": "pixel size of the rollout (0 = the model's own; esd_sd.py: 1024)",
+                            "parameter_group": "parameters trained ('' = the method's: esd-x x, esd-u u, "
+                                               "esd-x-strict x-strict; esd_sd.py's esd-u: u-linear-conv)",
                             "anchor_unconditional": "weight of a term keeping ε(x_t, ∅) at the frozen model's "
                                                     "(0 = the paper's loss)"}
 
     def validate(self) -> None:
         positive(self, "iterations", "lr", "ddim_steps")
-        non_negative(self, "anchor_unconditional")
+        non_negative(self, "anchor_unconditional", "image_size")
+        one_of(self, "timestep_pairing", PAIRINGS)
+        one_of(self, "rollout_model", ROLLOUT_MODELS)
+        one_of(self, "rollout_sampler", SAMPLERS)
+        one_of(self, "parameter_group", ("", *GROUPS))
 
 
 class ESD(Eraser):
@@ -75,12 +132,13 @@ class ESD(Eraser):
 
     def erase(self, pipe, request: EraseRequest):
         cfg: ESDConfig = request.config
-        session = TrainingSession(pipe, self.group, cfg.lr, cfg.seed)
+        group = cfg.parameter_group or self.group
+        session = TrainingSession(pipe, group, cfg.lr, cfg.seed)
         try:
             encode = PromptEncoder(pipe)
             conds = dict(zip(request.targets, encode([concept_prompt(pipe, t) for t in request.targets])))
             uncond = encode([""])[0]
-            schedule = NoiseSchedule.from_pipe(pipe, cfg.ddim_steps)
+            schedule = NoiseSchedule.from_pipe(pipe, cfg.ddim_steps, cfg.rollout_sampler)
             with progress_bar(cfg.iterations, self.name, request.progress) as advance:
                 for _ in range(cfg.iterations):
                     advance(self.iteration(session, schedule, conds[session.choice(request.targets)], uncond,
@@ -89,20 +147,21 @@ class ESD(Eraser):
             session.restore()
             raise
         return session.finish(self.name, cfg.as_dict(), request.targets, request.preserve,
-                              extras={"parameter_group": self.group, "eta_convention": "paper"})
+                              extras={"parameter_group": group, "eta_convention": "paper"})
 
     @staticmethod
     def iteration(session: TrainingSession, schedule: NoiseSchedule, cond, uncond, cfg: ESDConfig, pipe) -> float:
-        """One ESD step: partial rollout with θ, frozen predictions (one batch), θ's prediction, Adam step.
+        """One ESD step: partial rollout (with θ or θ*), frozen predictions (one batch), θ's prediction, Adam step.
 
         With `anchor_unconditional` λ > 0 the loss adds λ·‖ε_θ(x_t, ∅) − ε*(x_t, ∅)‖². The paper's loss only
         constrains ε_θ(c); every parameter group also shapes ε_θ(∅) (ESD-u's weights see no text, ESD-x's K/V
         also project the empty prompt), and when ε_θ(∅) follows ε_θ(c) the guided difference ε_θ(c) − ε_θ(∅)
         that sampling amplifies keeps pointing at the concept (benchmarks/RESULTS.md, "ESD's unconditional
         drift")."""
-        stop, t = schedule.sample_step_and_timestep(session.generator)
-        z = ddim_rollout(session.unet, schedule, session.randn(latent_shape(pipe)), cond, uncond, stop,
-                         cfg.rollout_guidance)
+        stop, t = schedule.sample_step_and_timestep(session.generator, cfg.timestep_pairing)
+        model = session.unet if cfg.rollout_model == "trained" else FrozenUNet(session)
+        z = rollout(model, schedule, session.randn(latent_shape(pipe, 1, cfg.image_size)), cond, uncond, stop,
+                    cfg.rollout_guidance)
         with torch.no_grad():
             out_u, out_c = session.frozen_out(torch.cat([z, z]), t, torch.stack([uncond, cond])).chunk(2)
         target = esd_target(out_u, out_c, cfg.negative_guidance)
@@ -110,6 +169,16 @@ class ESD(Eraser):
             return session.step(F.mse_loss(session.trained_out(z, t, cond), target))
         pred_c, pred_u = session.trained_out(torch.cat([z, z]), t, torch.stack([cond, uncond])).chunk(2)
         return session.step(F.mse_loss(pred_c, target) + cfg.anchor_unconditional * F.mse_loss(pred_u, out_u))
+
+
+class FrozenUNet:
+    """The frozen model θ* behind the UNet call the rollouts make (esd_sd.py rolls out with the base UNet)."""
+
+    def __init__(self, session: TrainingSession):
+        self.session = session
+
+    def __call__(self, x, t, encoder_hidden_states):
+        return SimpleNamespace(sample=self.session.frozen_out(x, t, encoder_hidden_states))
 
 
 @register
@@ -129,6 +198,9 @@ class ESDUConfig(ESDConfig):
     # seed 0 0.38 / 0.90 / 0.42 / 0.00 after 50 / 100 / 150 / 300 steps (star 0.83 at 300), seed 1 0.90 / 0.23 /
     # 0.00 / 0.00 after 150 / 200 / 300 / 400 (star 0.90 at 300). Hence 300 steps at lr 1e-4. SD 1.x keeps the
     # paper's η = 1 and loss.
+    recipes: ClassVar[tuple[Recipe, ...]] = (
+        COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY + "; Linear/Conv2d outside attn2",
+                               {**DIFFUSERS_SETTINGS, "parameter_group": "u-linear-conv"}))
     miniworld: ClassVar[dict] = {**ESDConfig.miniworld, "negative_guidance": 2.0, "iterations": 300, "lr": 1e-4}
 
 
@@ -142,6 +214,15 @@ class ESDU(ESD):
 
 @dataclass
 class ESDXStrictConfig(ESDConfig):
+    # esd_sd.py is the only reference that trains K/V alone, so its settings are this method's field defaults.
+    iterations: int = DIFFUSERS_SETTINGS["iterations"]
+    lr: float = DIFFUSERS_SETTINGS["lr"]
+    timestep_pairing: str = DIFFUSERS_SETTINGS["timestep_pairing"]
+    rollout_model: str = DIFFUSERS_SETTINGS["rollout_model"]
+    rollout_sampler: str = DIFFUSERS_SETTINGS["rollout_sampler"]
+    image_size: int = DIFFUSERS_SETTINGS["image_size"]
+
+    recipes: ClassVar[tuple[Recipe, ...]] = (Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY),)
     # Only the K/V projections train, a fraction of ESD-x's parameters, so on miniworld they need a larger step
     # (model 4f82c97, 32 seeds, circle 0.84: lr 1e-4 0.92, lr 5e-4 0.00). They also project the empty prompt, so
     # ε(∅) moves with every step: on the grounded model (bare-word trials, 48 seeds, circle / star 0.85 / 0.92)

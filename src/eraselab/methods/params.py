@@ -10,7 +10,9 @@ import torch
 
 from ..errors import EraseLabError
 
-GROUPS = ("x", "x-strict", "u", "all")
+GROUPS = ("x", "x-strict", "u", "all", "u-linear-conv")
+# Module classes whose parameters esd_sd.py (rohitgandikota/erasing) trains; norm layers are not among them.
+LINEAR_CONV = ("Linear", "Conv2d", "LoRACompatibleLinear", "LoRACompatibleConv")
 _OUTPUT_AND_TIME = ("conv_out", "conv_norm_out", "time_embedding", "time_proj", "add_embedding")
 
 
@@ -46,8 +48,17 @@ def in_group(name: str, group: str) -> bool:
 
 
 def parameter_group(unet: torch.nn.Module, group: str) -> list[str]:
-    """UNet parameter names (relative to the UNet) in `group`."""
-    names = [n for n, _ in unet.named_parameters() if in_group(n, group)]
+    """UNet parameter names (relative to the UNet) in `group`.
+
+    Besides the name-based groups of `in_group`, "u-linear-conv" is esd_sd.py's esd-u: every parameter of a
+    Linear or Conv2d module outside cross-attention (so the output conv and the time embedding too, but no norm
+    layers), in module order."""
+    if group == "u-linear-conv":
+        names = [f"{m}.{n}" for m, module in unet.named_modules()
+                 if type(module).__name__ in LINEAR_CONV and "attn2" not in m
+                 for n, _ in module.named_parameters(recurse=False)]
+    else:
+        names = [n for n, _ in unet.named_parameters() if in_group(n, group)]
     if not names:
         raise EraseLabError(f"parameter group {group!r} selects no parameters of this UNet; choose another group")
     return names

@@ -4,9 +4,16 @@ Per step, with ε_u, ε_p, ε_s the unconditional, prompt and safety-concept pre
     μ = where(ε_p − ε_s ≥ λ_threshold, 0, clamp(|ε_p − ε_s| · s_S, max=1))          (element-wise scale)
     γ = μ (ε_s − ε_u) + s_m ν;   ν ← β_m ν + (1 − β_m) γ                               (momentum)
     ε = ε_u + g [(ε_p − ε_u) − γ]   once the step index reaches the warm-up, else plain CFG.
-The four configurations are the ones diffusers ships as SafetyConfig (WEAK / MEDIUM / STRONG / MAX). Warm-up is
-counted in sampler steps as in the paper's 50-step setting. The safety concept is the bare target words (SLD's
-concept is a text like "nudity, violence", not a caption).
+The four configurations are the paper's hyper-parameter sets, as diffusers ships them (SafetyConfig WEAK /
+MEDIUM / STRONG / MAX). Warm-up is counted in sampler steps as in the paper's 50-step setting. The safety concept
+is the bare target words (SLD's concept is a text like "nudity, violence", not a caption).
+
+Reference: ml-research/safe-latent-diffusion@2a060e0e3f3fa46aeaa5110adfd2fcbb620dc0a5, src/sld/sld_pipeline.py
+(the paper's code; its defaults are MEDIUM), ported to diffusers as pipelines/deprecated/stable_diffusion_safe/
+pipeline_stable_diffusion_safe.py (checked against diffusers 0.42.1). Both apply safety guidance only inside
+classifier-free guidance: at a CFG scale ≤ 1 they return the prompt's prediction ε_p alone. They differ only at
+an SLD scale of exactly 1 (the paper's code guides, diffusers does not), which none of the four sets uses;
+eraselab follows diffusers there.
 
 The miniworld preset is MAX. Measured on model 4f82c97 (32 seeds of "a circle"/"a star", 25 steps): MEDIUM and
 STRONG, also with their warm-up cut to 5 steps, leave circles at 0.53-0.62 (of 0.62); MAX (threshold 1, no
@@ -21,7 +28,7 @@ from typing import ClassVar
 import torch
 
 from ..guidance import Guidance, register_guidance
-from .base import Eraser, EraseRequest, MethodConfig, one_of
+from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, one_of
 from .inference import guidance_edit
 from .registry import register
 
@@ -52,8 +59,10 @@ class SafeLatentGuidance(Guidance):
 
     def combine(self, eps_uncond, eps_text, eps_extra, guidance, step_index, state):
         p = self.params
+        if guidance <= 1.0:  # no classifier-free guidance, hence no safety guidance either (both references)
+            return eps_text
         direction = eps_text - eps_uncond
-        if p["guidance_scale"] <= 1.0:  # as diffusers: safety guidance off below 1
+        if p["guidance_scale"] <= 1.0:  # diffusers' enable_safety_guidance needs an SLD scale above 1
             return eps_uncond + guidance * direction
         eps_safe = eps_extra[0]
         gap = eps_text - eps_safe
@@ -72,9 +81,17 @@ class SafeLatentGuidance(Guidance):
 register_guidance(SafeLatentGuidance.kind, SafeLatentGuidance)
 
 
+PAPER = Reference("ml-research/safe-latent-diffusion", "2a060e0e3f3fa46aeaa5110adfd2fcbb620dc0a5",
+                  "src/sld/sld_pipeline.py")
+
+
 @dataclass
 class SLDConfig(MethodConfig):
     strength: str = "medium"
+
+    recipes: ClassVar[tuple[Recipe, ...]] = (
+        Recipe("paper", PAPER, "the paper's SLD pipeline (= diffusers' StableDiffusionPipelineSafe), MEDIUM "
+                               "hyper-parameters; weak / strong / max via strength"),)
 
     miniworld: ClassVar[dict] = {"strength": "max"}
 
