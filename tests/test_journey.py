@@ -205,3 +205,33 @@ def test_a_full_output_device_is_a_one_line_error_not_a_traceback():
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot write the output") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("method, config, prompt, steps, expected", [
+    ("sld", {"strength": "medium"}, "a cat", 2, "warm-up is 10 steps but sampling has 2"),
+    ("sld", {"strength": "max"}, "a cat", 2, None),
+    ("negprompt", {}, "circle", 2, "equals the prompt"),
+    ("negprompt", {}, "a cat", 2, None),
+])
+def test_inference_time_methods_that_would_do_nothing_warn(tiny_pipe_factory, tmp_path, monkeypatch, method,
+                                                           config, prompt, steps, expected):
+    import warnings
+
+    import eraselab
+    import eraselab.errors
+    from eraselab.errors import EraseLabWarning
+    from eraselab.generate import generate
+    from eraselab.probes import Probe
+    from eraselab.store import RunStore
+
+    monkeypatch.setattr(eraselab.errors, "_warned", set())
+    pipe = tiny_pipe_factory(0)
+    edit = eraselab.erase(pipe, method, ["circle"], preset="sd", progress=False, **config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate(pipe, [Probe(prompt, seed=0, steps=steps)], RunStore(tmp_path), edit=edit, progress=False)
+    said = [str(w.message) for w in caught if issubclass(w.category, EraseLabWarning)]
+    if expected is None:
+        assert said == []
+    else:
+        assert len(said) == 1 and expected in said[0]

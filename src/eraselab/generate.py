@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from .edits import applied_edit
-from .errors import EraseLabError
+from .errors import EraseLabError, warn_once
 from .guidance import Guidance, guidance_for
 from .models import default_image_size, fingerprint
 from .probes import Probe
@@ -413,6 +413,8 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
         edit.check_base(pipe)
     edit_hash = edit.content_hash() if edit is not None else "none"
     guidance = guidance_for(edit.generation if edit is not None else None)
+    for reason in dict.fromkeys(filter(None, map(guidance.inactive_reason, probes))):
+        warn_once(reason)
     shard = resolve_shard(shard)
     model = fingerprint(pipe)
     make_key = _KeyMaker(pipe, edit_hash)

@@ -36,6 +36,11 @@ class Guidance:
         may use to carry values across steps (SLD's momentum); the engine makes a new one per batch."""
         return eps_uncond + guidance * (eps_text - eps_uncond)
 
+    def inactive_reason(self, probe) -> str | None:
+        """Why this hook would leave `probe`'s image exactly as plain CFG makes it (None: it acts). The engine
+        warns once, so a setting that silently does nothing is never mistaken for an erasure."""
+        return None
+
 
 class NegativePromptGuidance(Guidance):
     """Erasure by negative prompt: the target concept replaces (or joins) the unconditional prompt."""
@@ -45,6 +50,14 @@ class NegativePromptGuidance(Guidance):
     def negative_prompt(self, probe_negative: str) -> str:
         concept = self.spec["negative_prompt"]
         return f"{probe_negative}, {concept}" if probe_negative else concept
+
+    def inactive_reason(self, probe) -> str | None:
+        if probe.guidance <= 1:
+            return f"negative prompt: guidance {probe.guidance} ≤ 1 runs no unconditional branch to replace"
+        if " ".join(self.negative_prompt(probe.negative_prompt).split()) == " ".join(probe.prompt.split()):
+            return (f"negative prompt {probe.prompt!r} equals the prompt, which makes sampling unguided (guidance "
+                    "has nothing to push against), not an erasure")
+        return None
 
 
 _REGISTRY: dict[str, Callable[[dict], Guidance]] = {"cfg": Guidance, "negative_prompt": NegativePromptGuidance}

@@ -54,6 +54,16 @@ class SafeLatentGuidance(Guidance):
         self.concept = self.spec["concept"]
         self.params = {**STRENGTHS["medium"], **self.spec.get("params", {})}
 
+    def inactive_reason(self, probe) -> str | None:
+        p = self.params
+        if probe.guidance <= 1 or p["guidance_scale"] <= 1:
+            return "sld: safety guidance is off without classifier-free guidance (guidance ≤ 1), as in diffusers"
+        if p["warmup_steps"] >= probe.steps:
+            return (f"sld: its warm-up is {p['warmup_steps']} steps but sampling has {probe.steps}, so safety "
+                    "guidance never acts and the images equal the original model's; use more --steps or "
+                    "strength max (no warm-up)")
+        return None
+
     def extra_prompts(self) -> list[str]:
         return [self.concept]
 
