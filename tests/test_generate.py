@@ -445,3 +445,32 @@ def test_cli_resumes_after_sigkill_with_nothing_lost_or_duplicated(saved_pipe, p
     keys = generate(pipe, probes, fresh, progress=False)
     assert keys == [r_["image_key"] for r_ in rows]
     assert _pngs(fresh, keys) == _pngs(store, keys)
+
+
+def test_fit_lanes_make_a_few_images_cheaper_and_are_keyed_apart(pipe, tmp_path, unet_lane):
+    """Lane policy "fit": two images at CFG need 4 UNet rows, not a full lane; the lane is in the key, so fixed-
+    and fit-lane images never mix, and "fit" is deterministic for the same request."""
+    from eraselab.generate import Guidance, lane_plan
+
+    probes = _probes(2)
+    plan = lane_plan(pipe, probes, Guidance(), "fit")
+    assert [lane.unet for lane in plan.values()] == [4] and unet_lane > 4
+    calls = []
+    real = pipe.unet.forward
+
+    def counting(x, *args, **kwargs):
+        calls.append(x.shape[0])
+        return real(x, *args, **kwargs)
+
+    pipe.unet.forward = counting
+    try:
+        fit = generate(pipe, probes, RunStore(tmp_path / "fit"), progress=False, lane_policy="fit")
+        fit_again = generate(pipe, probes, RunStore(tmp_path / "fit2"), progress=False, lane_policy="fit")
+    finally:
+        del pipe.unet.forward
+    assert set(calls) == {4} and fit == fit_again
+    fixed = image_keys(pipe, probes)
+    assert set(fixed).isdisjoint(fit) and fixed == generate(pipe, probes, RunStore(tmp_path / "fixed"),
+                                                            progress=False)
+    with pytest.raises(EraseLabError, match="lane policy"):
+        generate(pipe, probes, RunStore(tmp_path / "x"), progress=False, lane_policy="tight")

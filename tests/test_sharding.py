@@ -68,7 +68,8 @@ def test_accelerate_launch_two_cpu_processes_split_the_work(saved_pipe, tmp_path
         pipe = load_pipeline(str(saved_pipe))
         single = RunStore(tmp_path / "single")
         probes = [Probe(p, seed=s, steps=2) for p in PROMPTS for s in SEEDS]
-        keys = generate(pipe, probes, single, progress=False)
+        # The command's default lane policy is "fit": every shard plans the lanes of the whole request.
+        keys = generate(pipe, probes, single, progress=False, lane_policy="fit")
     finally:
         torch.set_num_threads(before)
     assert keys == [row["image_key"] for row in rows]

@@ -101,12 +101,39 @@ def _power_of_two_within(budget: int, limits: tuple[int, int]) -> int:
     return int(min(limits[1], max(limits[0], 2 ** int(math.log2(max(budget, 1))))))
 
 
-def lanes(pipe, height: int, width: int) -> Lanes:
-    """Rows per UNet / text-encoder / VAE call for images of this size (a pure function of model and size)."""
+def lanes(pipe, height: int, width: int, rows: int | None = None) -> Lanes:
+    """Rows per UNet / text-encoder / VAE call for images of this size (a pure function of model and size).
+
+    `rows` (lane policy "fit"): the UNet rows a whole request needs at this size; the UNet lane then shrinks to
+    the smallest power of two that holds them, so two images do not pay for a 16-row lane."""
     scale = int(getattr(pipe, "vae_scale_factor", 8))
     latent_pixels = (height // scale) * (width // scale)
-    return Lanes(unet=_power_of_two_within(UNET_LANE_PIXELS // latent_pixels, UNET_LANE_LIMITS), text=TEXT_LANE,
+    unet = _power_of_two_within(UNET_LANE_PIXELS // latent_pixels, UNET_LANE_LIMITS)
+    if rows is not None:
+        unet = min(unet, max(UNET_LANE_LIMITS[0], 2 ** math.ceil(math.log2(max(rows, 1)))))
+    return Lanes(unet=unet, text=TEXT_LANE,
                  vae=_power_of_two_within(VAE_LANE_PIXELS // (height * width), VAE_LANE_LIMITS))
+
+
+LANE_POLICIES = ("fixed", "fit")
+
+
+def lane_plan(pipe, probes: Sequence[Probe], guidance: Guidance, policy: str) -> dict[tuple[int, int], Lanes]:
+    """The lanes of each image size in a request. "fixed": a pure function of model and size, so a probe's pixels
+    never depend on what else is generated (what `bench` needs to compare runs). "fit": the UNet lane shrinks to
+    the rows the request needs at that size — a handful of images costs what it needs, but a probe's pixels then
+    depend on how many images were asked for together (the lane size is in every image key)."""
+    if policy not in LANE_POLICIES:
+        raise EraseLabError(f"lane policy must be one of {', '.join(LANE_POLICIES)}, not {policy!r}")
+    rows: dict[tuple[int, int], int] = {}
+    seen = set()
+    for p in probes:
+        if p.generation_key() in seen:
+            continue
+        seen.add(p.generation_key())
+        size = resolved_size(pipe, p)
+        rows[size] = rows.get(size, 0) + len(_branches(guidance, p))
+    return {size: lanes(pipe, *size, rows=n if policy == "fit" else None) for size, n in rows.items()}
 
 
 def resolved_size(pipe, probe: Probe) -> tuple[int, int]:
@@ -117,8 +144,8 @@ def resolved_size(pipe, probe: Probe) -> tuple[int, int]:
 class _KeyMaker:
     """Image keys: hash(model fingerprint, edit hash, probe generation key, sampler config, numerics, versions)."""
 
-    def __init__(self, pipe, edit_hash: str):
-        self.pipe, self.edit_hash = pipe, edit_hash
+    def __init__(self, pipe, edit_hash: str, plan: dict[tuple[int, int], Lanes] | None = None):
+        self.pipe, self.edit_hash, self.plan = pipe, edit_hash, plan or {}
         self.base = stable_json({"model": fingerprint(pipe), "edit": edit_hash, "numerics": numerics(pipe),
                                  "versions": library_versions()})
         self._samplers: dict[str, str] = {}
@@ -131,12 +158,16 @@ class _KeyMaker:
     def __call__(self, probe: Probe) -> str:
         h, w = resolved_size(self.pipe, probe)
         return sha256_hex(self.base, probe.generation_key(), self.sampler(probe.sampler), f"{h}x{w}",
-                          stable_json(asdict(lanes(self.pipe, h, w))))[:32]
+                          stable_json(asdict(self.lanes(h, w))))[:32]
+
+    def lanes(self, h: int, w: int) -> Lanes:
+        return self.plan.get((h, w)) or lanes(self.pipe, h, w)
 
 
-def image_keys(pipe, probes: Sequence[Probe], edit=None) -> list[str]:
+def image_keys(pipe, probes: Sequence[Probe], edit=None, lane_policy: str = "fixed") -> list[str]:
     """The keys `generate` would give these probes (without generating anything)."""
-    make = _KeyMaker(pipe, edit.content_hash() if edit is not None else "none")
+    plan = lane_plan(pipe, probes, guidance_for(edit.generation if edit is not None else None), lane_policy)
+    make = _KeyMaker(pipe, edit.content_hash() if edit is not None else "none", plan)
     return [make(p) for p in probes]
 
 
@@ -185,14 +216,14 @@ def _branches(guidance: Guidance, probe: Probe) -> list[tuple[str, str]]:
     return rows
 
 
-def auto_batch_size(pipe, probe: Probe, branches: int) -> int:
+def auto_batch_size(pipe, probe: Probe, branches: int, lane: Lanes | None = None) -> int:
     """Probes per batch: as many as fill one UNet lane with their branches (at least 1).
 
     The UNet runs in fixed lanes whatever the batch, so a larger batch is not faster; a lane-sized one stores
     its images as soon as they are made, so an interrupted run keeps all but the batch in flight (the first
     images land after one lane's denoising loop) and memory never grows with the number of prompts."""
-    h, w = resolved_size(pipe, probe)
-    return max(1, lanes(pipe, h, w).unet // max(1, branches))
+    lane = lane or lanes(pipe, *resolved_size(pipe, probe))
+    return max(1, lane.unet // max(1, branches))
 
 
 # ---- network calls in fixed lanes ----------------------------------------------------------------------------
@@ -274,13 +305,12 @@ def check_family(pipe) -> None:
 
 
 @torch.no_grad()
-def _denoise(pipe, probes: list[Probe], guidance: Guidance, texts: _TextEmbeddings, hooks) -> list:
+def _denoise(pipe, probes: list[Probe], guidance: Guidance, texts: _TextEmbeddings, hooks, lane: Lanes) -> list:
     """Denoise one batch (same steps, size and sampler) and return PIL images in probe order."""
     first = probes[0]
     h, w = resolved_size(pipe, first)
     scale = int(getattr(pipe, "vae_scale_factor", 8))
     device, dtype = pipe.unet.device, pipe.text_encoder.dtype
-    lane = lanes(pipe, h, w)
     scheduler = make_scheduler(pipe, first.sampler)
     scheduler.set_timesteps(first.steps, device=device)
 
@@ -380,7 +410,7 @@ def _report(message: str) -> None:
 
 def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_size: int | None = None,
              progress: bool = True, hooks: Sequence = (), shard: tuple[int, int] | None = None,
-             run_config: dict | None = None) -> list[str]:
+             run_config: dict | None = None, lane_policy: str = "fixed") -> list[str]:
     """Generate (or find in `store`) one image per probe; return the image keys in probe order.
 
     Probes already in the store with an intact PNG are skipped without touching the model (a damaged PNG is
@@ -390,7 +420,8 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
     `hooks` follow the GenerationHook protocol. With `shard=(i, n)` (or under `accelerate launch`) this process
     makes only its share of the missing images; the returned keys still cover every probe, and the other shares
     appear in the store as the other processes finish them. `run_config` is recorded with the run (the command
-    line, a benchmark's settings).
+    line, a benchmark's settings). `lane_policy` is "fixed" (pixels independent of the request) or "fit"
+    (cheaper for a few images; see lane_plan).
 
     Weights changed in place without an Edit are invisible to the keys (the model fingerprint is computed once
     per loaded pipeline), so pass changes as an Edit; an Edit already applied with `edit.apply(pipe)` is
@@ -417,7 +448,7 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
         warn_once(reason)
     shard = resolve_shard(shard)
     model = fingerprint(pipe)
-    make_key = _KeyMaker(pipe, edit_hash)
+    make_key = _KeyMaker(pipe, edit_hash, lane_plan(pipe, probes, guidance, lane_policy))
     keys = [make_key(p) for p in probes]
     unique = dict(zip(reversed(keys), reversed(probes)))  # first probe per key wins
     unique = {k: unique[k] for k in dict.fromkeys(keys)}
@@ -441,7 +472,7 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
     return keys
 
 
-def _batches(pipe, work: _Batch, guidance: Guidance, batch_size: int | None) -> list[_Batch]:
+def _batches(pipe, work: _Batch, guidance: Guidance, batch_size: int | None, make_key: _KeyMaker) -> list[_Batch]:
     groups: dict[tuple, _Batch] = {}
     for p, k in zip(work.probes, work.keys):
         g = groups.setdefault(_group_key(pipe, p), _Batch([], []))
@@ -449,7 +480,8 @@ def _batches(pipe, work: _Batch, guidance: Guidance, batch_size: int | None) -> 
         g.keys.append(k)
     out = []
     for g in groups.values():
-        size = batch_size or auto_batch_size(pipe, g.probes[0], max(len(_branches(guidance, p)) for p in g.probes))
+        size = batch_size or auto_batch_size(pipe, g.probes[0], max(len(_branches(guidance, p)) for p in g.probes),
+                                             make_key.lanes(*resolved_size(pipe, g.probes[0])))
         out += [_Batch(g.probes[i:i + size], g.keys[i:i + size]) for i in range(0, len(g.probes), size)]
     return out
 
@@ -465,16 +497,17 @@ def _generate_missing(pipe, work: _Batch, store: RunStore, edit_to_apply, guidan
         edit_to_apply.apply(pipe)
     try:
         with bar:
-            for batch in _batches(pipe, work, guidance, batch_size):
+            for batch in _batches(pipe, work, guidance, batch_size, make_key):
                 for hook in hooks:
                     if hasattr(hook, "on_batch_start"):
                         hook.on_batch_start(pipe, batch.probes)
-                images = _denoise(pipe, batch.probes, guidance, texts, hooks)
+                images = _denoise(pipe, batch.probes, guidance, texts, hooks,
+                                  make_key.lanes(*resolved_size(pipe, batch.probes[0])))
                 entries = [{"key": k, "png": _png_bytes(img, k, p, model, edit_hash), "probe": p,
                             "model_fingerprint": model, "edit_hash": edit_hash, "producer": producer,
                             "config": {"sampler": json.loads(make_key.sampler(p.sampler)),
                                        "size": list(resolved_size(pipe, p)), "numerics": numerics(pipe),
-                                       "lanes": asdict(lanes(pipe, *resolved_size(pipe, p))),
+                                       "lanes": asdict(make_key.lanes(*resolved_size(pipe, p))),
                                        "generation": p.generation_fields()}}
                            for k, p, img in zip(batch.keys, batch.probes, images)]
                 # Files, then rows, then the run's links: a kill between any two leaves nothing half-recorded.

@@ -105,7 +105,11 @@ def register(app: typer.Typer) -> None:
         size: Annotated[int, typer.Option("--size", help="Image height and width (0: the model's default).")] = 0,
         negative: Annotated[str, typer.Option("--negative", help="Negative prompt for every image.")] = "",
         batch_size: Annotated[int | None, typer.Option(
-            "--batch-size", help="Probes per batch (default: from free memory; never changes pixels).")] = None,
+            "--batch-size", help="Probes per batch (default: one UNet lane's worth; never changes pixels).")] = None,
+        lanes: Annotated[str, typer.Option(
+            "--lanes", help="fit: UNet calls sized to this request (a few images cost what they need; pixels depend "
+                            "on how many images are asked for together); fixed: sized by model and image size "
+                            "only (pixels equal to bench's whatever the request).")] = "fit",
         device: Annotated[str | None, typer.Option(
             "--device", help="cpu, cuda, cuda:1 … (default: the GPU if any, or the accelerate process's device).")
         ] = None,
@@ -130,6 +134,10 @@ def register(app: typer.Typer) -> None:
         if size < 0:
             raise EraseLabError(f"--size must be 0 (model default) or a positive multiple of 8, got {size}")
         seed_list = parse_seeds(seeds)
+        from ..generate import LANE_POLICIES
+
+        if lanes not in LANE_POLICIES:
+            raise EraseLabError(f"--lanes must be one of {', '.join(LANE_POLICIES)}, not {lanes!r}")
         # Probes first: bad settings fail in a second, before the model loads.
         probe_list = [Probe(t, seed=s, negative_prompt=negative, steps=steps, guidance=guidance, height=size,
                             width=size, sampler=sampler) for t in texts for s in seed_list]
@@ -142,7 +150,7 @@ def register(app: typer.Typer) -> None:
         _run(model, out, probe_list, edit_obj, batch_size, device, shard_pair, progress,
              {"command": "generate", "model": model, "edit": str(edit) if edit else None, "prompts": texts,
               "seeds": seeds, "steps": steps, "guidance": guidance, "sampler": sampler, "size": size,
-              "negative": negative})
+              "negative": negative, "lanes": lanes}, lanes)
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -155,7 +163,7 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def _run(model, out, probes, edit, batch_size, device, shard, progress, run_config) -> None:
+def _run(model, out, probes, edit, batch_size, device, shard, progress, run_config, lane_policy="fixed") -> None:
     from rich.console import Console
 
     from ..atomic import atomic_write_text
@@ -173,7 +181,7 @@ def _run(model, out, probes, edit, batch_size, device, shard, progress, run_conf
     store = RunStore(out)
     pipe = load_pipeline(model, device=device)
     keys = generate(pipe, probes, store, edit=edit, batch_size=batch_size, progress=progress, shard=shard,
-                    run_config=run_config)
+                    run_config=run_config, lane_policy=lane_policy)
     if distributed:
         distributed_state().wait_for_everyone()
     console = Console(stderr=True)
