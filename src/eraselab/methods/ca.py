@@ -1,64 +1,149 @@
-"""CA — Concept Ablation (Kumari et al., 2023), noise-based variant: fine-tune cross-attention so that the target
-prompt denoises images of the anchor concept, i.e. the target comes to mean the anchor:
+"""CA — Concept Ablation (Kumari et al., ICCV 2023): fine-tune the cross-attention K/V projections so that
+prompts naming the target produce what the same prompts naming the anchor (a broader concept: "grumpy cat" →
+"cat") produce.
 
-    L = ‖ε − ε_θ(x_t, c_target, t)‖² + w ‖ε − ε_θ(x_t, c_anchor, t)‖²,   x_t = noised latents of anchor images,
+Reference: nupurkmr9/concept-ablation@c11fb1bdc7cd97ea65877b0d41722f5e3ef2561f, diffusers/train.py (with
+diffusers/utils.py and the published commands in diffusers/README.md). Per training step, on a batch of anchor
+images x₀ with their anchor captions c (c* = the caption with the anchor word replaced by the target):
 
-with the anchor images generated once by the original model (DDIM, CFG) and the second term a regulariser that
-keeps the anchor itself intact. The anchor is a broader concept ("grumpy cat" → "cat"); on miniworld, anchor
-"auto" takes the target's parent in the world's hierarchy.
+    x_t = √ᾱ_t x₀ + √(1−ᾱ_t) ε,   t ~ U{0..T−1}
+    model-based (the default):  L = ‖ε_θ(x_t, c*, t) − sg[ε_θ(x_t, c, t)]‖²_M   (θ: the model being trained)
+    noise-based:                L = ‖ε_θ(x_t, c*, t) − ε‖²_M
+    ‖·‖²_M: squared error summed over latent channels, averaged over the valid-image mask M (on the official
+    --noaug data path the outermost latent pixel is masked out), averaged over the batch.
+
+With --with_prior_preservation (config prior_loss_weight > 0; the README adds it only when target and anchor
+share words, e.g. "grumpy cat" → "cat") a second batch of anchor images with their anchor captions adds
+w · mean ‖ε_θ(x'_t, c', t') − ε'‖². Optimiser: AdamW (β 0.9/0.999, ε 1e-8, weight decay 1e-2), gradient norm
+clipped to 1.0, constant lr 2e-6 × total batch (--scale_lr; ×2 more with the prior term). The published
+object/style runs use 2 GPUs × batch 4 = total batch 8 for 100 steps, so lr 1.6e-5. Anchor data: 1000 images
+from the original model (25 steps, guidance 6) cycling through 200 captions of the anchor (files shipped for
+cat/dog/fish/robot, else written by an LLM).
+
+Where eraselab differs from train.py, and why:
+- anchor images are latents from eraselab's DDIM sampler (the official code samples DPM-Solver++ images, saves
+  JPEGs and re-encodes them with a VAE posterior sample); the horizontal flips are applied to the latents;
+- no random-rescale augmentation (nor its "a far away"/"zoomed in" prompt prefixes): the object commands use
+  it, the style commands run --noaug; eraselab always trains as --noaug;
+- anchors without a shipped caption file get eraselab's own 200 caption templates instead of LLM captions,
+  styles get eraselab's own painting captions instead of LAION alt texts (data/ca_captions_LICENSE.txt);
+- on miniworld the captions are miniworld's own forms ("a red round shape", "a round shape and a blue star");
+- batches come from reshuffled epochs without partial batches; prior images are an independent draw.
+
+eraselab's earlier formulation (noise-based, the anchor term on the same noised latents with the bare anchor
+word, plain Adam, unscaled lr, no clipping, unmasked mean) stays reachable: objective=noise-based
+prior_loss_weight=1 prior_same_noise=true anchor_captions=bare scale_lr=false weight_decay=0 max_grad_norm=0
+masked_loss=false hflip=false. `prior_same_noise` is eraselab's own option, off in both recipes.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 
 from ..errors import EraseLabError
-from .base import Eraser, EraseRequest, MethodConfig, non_negative, one_of, positive
-from .diffusion import NoiseSchedule, ddim_rollout, latent_shape
+from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
+from .diffusion import NoiseSchedule, ddim_rollout, latent_shape, unet_out
 from .registry import register
 from .text import PromptEncoder, concept_prompt
 from .training import TrainingSession, progress_bar
 from .vocabulary import is_miniworld
 
+REFERENCE = Reference("nupurkmr9/concept-ablation", "c11fb1bdc7cd97ea65877b0d41722f5e3ef2561f",
+                      "diffusers/train.py")
+# Anchors with a caption list in the official repository (assets/finetune_prompts/<anchor>.txt); shipped.
+OFFICIAL_CAPTION_ANCHORS = ("cat", "dog", "fish", "robot")
+
 
 @dataclass
 class CAConfig(MethodConfig):
     anchor: str = "auto"
+    concept_type: str = "object"
+    objective: str = "model-based"
     iterations: int = 100
     lr: float = 2e-6
-    batch_size: int = 4
-    anchor_images: int = 200
-    sample_steps: int = 50
-    sample_guidance: float = 7.5
-    anchor_loss_weight: float = 1.0
+    scale_lr: bool = True
+    batch_size: int = 8
+    weight_decay: float = 1e-2
+    max_grad_norm: float = 1.0
+    prior_loss_weight: float = 0.0
+    prior_same_noise: bool = False
+    masked_loss: bool = True
+    hflip: bool = True
+    anchor_captions: str = "auto"
+    captions: int = 200
+    anchor_images: int = 1000
+    sample_steps: int = 25
+    sample_guidance: float = 6.0
     train: str = "x-strict"
 
-    # Only the K/V projections train (x-strict), so miniworld needs a large step. Measured on model 4f82c97,
-    # erasing "circle" with anchor "round shape" (circle / star rates; originally 0.88 / 0.73 with 48 seeds,
-    # 0.84 / 0.72 with 32): lr 1e-4 0.52 / 0.79 (48 seeds); 5e-4 0.19 / 1.00; 1e-3 0.06 / 0.97 (32 seeds).
-    miniworld: ClassVar[dict] = {"iterations": 200, "lr": 1e-3, "anchor_images": 32, "sample_steps": 20}
-    help: ClassVar[dict] = {**MethodConfig.help,
-                            "anchor": "concept the target should turn into (auto: parent concept on miniworld)",
-                            "iterations": "training steps", "lr": "Adam learning rate",
-                            "batch_size": "anchor images per step",
-                            "anchor_images": "anchor images generated by the original model",
-                            "sample_steps": "DDIM steps generating the anchor images",
-                            "sample_guidance": "CFG scale generating the anchor images",
-                            "anchor_loss_weight": "weight of the anchor-prompt regulariser",
-                            "train": "parameters: x-strict (cross-attention K/V, CA's default), x or all"}
+    recipes: ClassVar[tuple[Recipe, ...]] = (
+        Recipe("model-based", REFERENCE,
+               "official default: target = the trained model's own stop-gradient prediction for the anchor "
+               "caption; AdamW wd 1e-2, clip 1.0, lr 2e-6 × batch 8, 100 steps, cross-attention K/V"),
+        Recipe("noise-based", REFERENCE,
+               "official --loss_type_reverse noise-based: target = the added noise; otherwise as model-based",
+               {"objective": "noise-based"}),
+    )
+    # Only the K/V projections train, so miniworld needs a large step: lr is per image, so with scale_lr and
+    # batch 8 AdamW runs at 5e-4.
+    miniworld: ClassVar[dict] = {"iterations": 200, "lr": 6.25e-5, "anchor_images": 64, "captions": 64,
+                                 "sample_steps": 20}
+    help: ClassVar[dict] = {
+        **MethodConfig.help,
+        "anchor": "concept the target should turn into (auto: parent concept on miniworld, 'painting' for "
+                  "styles)",
+        "concept_type": "object (the anchor word in each caption is replaced by the target) or style (the "
+                        "target style is added to painting captions)",
+        "objective": "model-based (target: the model's own prediction for the anchor caption) or noise-based "
+                     "(target: the added noise)",
+        "iterations": "training steps",
+        "lr": "AdamW learning rate per image (multiplied by batch_size when scale_lr is on)",
+        "scale_lr": "multiply lr by batch_size (and by 2 with the prior term), as train.py's --scale_lr",
+        "batch_size": "anchor images per step (the published runs: 2 GPUs × 4)",
+        "weight_decay": "AdamW weight decay (0 = plain Adam)",
+        "max_grad_norm": "clip the gradient norm to this (0 = no clipping)",
+        "prior_loss_weight": "weight of the noise-prediction loss on anchor images with their anchor "
+                             "captions (--with_prior_preservation; 0 = off)",
+        "prior_same_noise": "eraselab's own: the prior term reuses the ablation batch's noised latents "
+                            "instead of a second batch of anchor images",
+        "masked_loss": "official reduction: squared error summed over latent channels, averaged inside the "
+                       "valid-image mask (border pixel out); off: plain mean",
+        "hflip": "flip anchor latents horizontally with probability 0.5",
+        "anchor_captions": "auto (official list / templates / miniworld captions), bare (the anchor word "
+                           "alone) or a text file with one caption per line",
+        "captions": "how many anchor captions to use",
+        "anchor_images": "anchor images generated by the original model",
+        "sample_steps": "DDIM steps generating the anchor images",
+        "sample_guidance": "CFG scale generating the anchor images",
+        "train": "parameters: x-strict (cross-attention K/V, CA's default), x or all",
+    }
 
     def validate(self) -> None:
-        positive(self, "iterations", "lr", "batch_size", "anchor_images", "sample_steps")
-        non_negative(self, "anchor_loss_weight")
+        positive(self, "iterations", "lr", "batch_size", "anchor_images", "sample_steps", "captions")
+        non_negative(self, "weight_decay", "max_grad_norm", "prior_loss_weight")
         one_of(self, "train", ("x-strict", "x", "all"))
+        one_of(self, "objective", ("model-based", "noise-based"))
+        one_of(self, "concept_type", ("object", "style"))
+        if self.prior_same_noise and self.prior_loss_weight == 0:
+            raise EraseLabError("config prior_same_noise needs a prior term; set prior_loss_weight > 0 or "
+                                "drop prior_same_noise")
+
+    def effective_lr(self) -> float:
+        if not self.scale_lr:
+            return self.lr
+        return self.lr * self.batch_size * (2.0 if self.prior_loss_weight > 0 else 1.0)
 
 
-def resolve_anchor(pipe, targets, anchor: str) -> str:
+def resolve_anchor(pipe, targets, anchor: str, concept_type: str = "object") -> str:
     if anchor != "auto":
         return anchor
+    if concept_type == "style":
+        return "painting"
     if is_miniworld(pipe):
         from ..miniworld.world import WORLD
 
@@ -71,52 +156,274 @@ def resolve_anchor(pipe, targets, anchor: str) -> str:
                         "(e.g. anchor=cat to erase 'grumpy cat')")
 
 
+# ---- captions ------------------------------------------------------------------------------------------
+def read_caption_file(path) -> list[str]:
+    lines = [line.strip() for line in Path(path).read_text().splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def fill_template(template: str, word: str) -> str:
+    """The template with `word` for "{}"; "a {}" becomes "an {}" before a vowel."""
+    if word[:1].lower() in "aeiou":
+        template = template.replace("a {}", "an {}")
+    return template.replace("{}", word)
+
+
+def miniworld_caption_pairs(anchor: str, targets, n: int, seed: int) -> list[tuple[str, dict[str, str]]]:
+    """Anchor captions in miniworld's own caption language, each with its target versions: one object named by
+    the anchor with some of its attributes, or that object "and" another class. No position words, so that
+    horizontal flips keep every caption true."""
+    import numpy as np
+
+    from ..miniworld.captions import SINGLE_ATTR_P, noun_phrase
+    from ..miniworld.world import WORLD
+
+    rng = np.random.default_rng(seed)
+    taken = set(targets) | {anchor}
+    for c in list(taken):
+        if c in WORLD.concepts:
+            taken |= set(WORLD.leaves_under(c))
+    others = [c for c in WORLD.classes if c not in taken]
+    out = []
+    for _ in range(n):
+        attrs = {k: str(rng.choice(getattr(WORLD, k + "s"))) if rng.random() < p else None
+                 for k, p in SINGLE_ATTR_P.items()}
+        other = None
+        if others and rng.random() < 0.4:
+            other = noun_phrase(None, str(rng.choice(others)), color=str(rng.choice(WORLD.colors)))
+        first = rng.random() < 0.5
+        out.append((_miniworld_caption(anchor, attrs, other, first),
+                    {t: _miniworld_caption(t, attrs, other, first) for t in targets}))
+    return out
+
+
+def _miniworld_caption(name: str, attrs: dict, other: str | None, first: bool) -> str:
+    from ..miniworld.captions import noun_phrase
+
+    own = noun_phrase(None, name, **attrs)
+    if other is None:
+        return own
+    return f"{own} and {other}" if first else f"{other} and {own}"
+
+
+def caption_pairs(pipe, anchor: str, targets, cfg: CAConfig) -> list[tuple[str, dict[str, str]]]:
+    """(anchor caption, {target: ablation caption}) for every anchor caption; for styles the ablation caption
+    is chosen per use (see `style_prompt`), so the dict is empty."""
+    source = cfg.anchor_captions
+    if source == "bare":
+        return [(concept_prompt(pipe, anchor), {t: concept_prompt(pipe, t) for t in targets})]
+    if source == "auto" and is_miniworld(pipe) and cfg.concept_type == "object":
+        return miniworld_caption_pairs(anchor, targets, cfg.captions, cfg.seed)
+    if source == "auto":
+        from ..models import package_path
+
+        if cfg.concept_type == "style":
+            captions = read_caption_file(package_path("data/ca_painting_captions.txt"))
+        elif anchor in OFFICIAL_CAPTION_ANCHORS:
+            captions = read_caption_file(package_path(f"data/ca_anchor_{anchor}.txt"))
+        else:
+            captions = [fill_template(t, anchor)
+                        for t in read_caption_file(package_path("data/ca_caption_templates.txt"))]
+    else:
+        if not Path(source).is_file():
+            raise EraseLabError(f"config anchor_captions: {source!r} is not a file; use auto, bare or a text "
+                                "file with one caption per line")
+        captions = read_caption_file(source)
+    captions = captions[:cfg.captions]
+    if cfg.concept_type == "style":
+        return [(c, {}) for c in captions]
+    if not any(anchor in c for c in captions):
+        raise EraseLabError(f"config anchor_captions: no caption contains the anchor {anchor!r}, so none can "
+                            "name the target; give captions that contain the anchor word")
+    return [(c, {t: c.replace(anchor, t) for t in targets}) for c in captions]
+
+
+def style_prompt(caption: str, target: str, form: int) -> str:
+    """train.py's three style phrasings, drawn uniformly (two of them are the same)."""
+    return f"{caption}, in the style of {target}" if form == 0 else f"in {target}'s style, {caption}"
+
+
+# ---- training ------------------------------------------------------------------------------------------
+class CASession(TrainingSession):
+    """TrainingSession with train.py's optimiser: AdamW with weight decay and gradient-norm clipping."""
+
+    def __init__(self, pipe, cfg: CAConfig):
+        super().__init__(pipe, cfg.train, cfg.effective_lr(), cfg.seed)
+        self.optimizer = torch.optim.AdamW(self.trained, lr=cfg.effective_lr(), betas=(0.9, 0.999), eps=1e-8,
+                                           weight_decay=cfg.weight_decay)
+        self.max_grad_norm = cfg.max_grad_norm
+
+    def step(self, loss: torch.Tensor) -> float:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trained, self.max_grad_norm)
+        self.optimizer.step()
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise EraseLabError("the training loss became non-finite; lower the learning rate")
+        self.losses.append(value)
+        return value
+
+
+@dataclass
+class Batch:
+    """One step's inputs: clean anchor latents, noise, timesteps, the ablation prompts (target named) and the
+    anchor prompts; `prior` holds the same four for the prior term's own batch (None without one)."""
+
+    x0: torch.Tensor
+    noise: torch.Tensor
+    t: torch.Tensor
+    prompts: list[str]
+    anchor_prompts: list[str]
+    prior: Batch | None = None
+
+
+class Sampler:
+    """Draws anchor images in reshuffled epochs (train.py's shuffled DataLoader) with their captions."""
+
+    def __init__(self, session: TrainingSession, images: torch.Tensor, pairs, cfg: CAConfig,
+                 steps_total: int):
+        self.session, self.images, self.pairs, self.cfg = session, images, pairs, cfg
+        self.steps_total = steps_total
+        self.order: list[int] = []
+
+    def indices(self, n: int) -> list[int]:
+        g = self.session.generator
+        while len(self.order) < n:
+            self.order += torch.randperm(len(self.images), generator=g).tolist()
+        out, self.order = self.order[:n], self.order[n:]
+        return out
+
+    def latents(self, idx: list[int]) -> torch.Tensor:
+        x0 = self.images[idx]
+        if self.cfg.hflip:
+            flip = torch.rand(len(idx), generator=self.session.generator) < 0.5
+            x0 = torch.where(flip.to(x0.device).view(-1, 1, 1, 1), x0.flip(-1), x0)
+        return x0
+
+    def noised(self, idx: list[int]):
+        x0 = self.latents(idx)
+        noise = self.session.randn(x0.shape)
+        t = torch.randint(self.steps_total, (len(idx),), generator=self.session.generator).to(x0.device)
+        return x0, noise, t
+
+    def draw(self, targets) -> Batch:
+        g, cfg = self.session.generator, self.cfg
+        idx = self.indices(cfg.batch_size)
+        x0, noise, t = self.noised(idx)
+        anchor_prompts = [self.pairs[i % len(self.pairs)][0] for i in idx]
+        prompts = []
+        for i in idx:
+            caption, named = self.pairs[i % len(self.pairs)]
+            target = targets[int(torch.randint(len(targets), (1,), generator=g))]
+            if cfg.concept_type == "style":
+                prompts.append(style_prompt(caption, target, int(torch.randint(3, (1,), generator=g))))
+            else:
+                prompts.append(named[target])
+        prior = None
+        if cfg.prior_loss_weight > 0 and not cfg.prior_same_noise:
+            pidx = self.indices(cfg.batch_size)
+            px0, pnoise, pt = self.noised(pidx)
+            pprompts = [self.pairs[i % len(self.pairs)][0] for i in pidx]
+            prior = Batch(px0, pnoise, pt, pprompts, pprompts)
+        return Batch(x0, noise, t, prompts, anchor_prompts, prior)
+
+
+def valid_mask(shape) -> torch.Tensor:
+    """train.py's mask for an un-rescaled image, (1, 1, H, W): one inside, zero on the outer latent pixel."""
+    h, w = shape[-2:]
+    mask = torch.zeros(1, 1, h, w)
+    mask[..., 1:h - 1, 1:w - 1] = 1.0
+    return mask
+
+
+def noise_target(schedule: NoiseSchedule, x0, noise, t) -> torch.Tensor:
+    """The denoising target of the model's raw output: ε, or the velocity for v-prediction models."""
+    if schedule.prediction_type == "epsilon":
+        return noise
+    a = schedule.alpha(t).to(x0).view(-1, *([1] * (x0.dim() - 1)))
+    return a.sqrt() * noise - (1 - a).sqrt() * x0
+
+
+def ca_loss(session: TrainingSession, schedule: NoiseSchedule, encode: PromptEncoder, batch: Batch,
+            cfg: CAConfig) -> torch.Tensor:
+    prior = None
+    if cfg.prior_loss_weight > 0:
+        prior = batch.prior
+        if cfg.prior_same_noise:
+            prior = Batch(batch.x0, batch.noise, batch.t, batch.anchor_prompts, batch.anchor_prompts)
+    # One trained pass over the ablation examples followed by the prior examples, as train.py's collate_fn
+    # batches them (so the floating-point sums match too).
+    x0, noise, t, prompts = batch.x0, batch.noise, batch.t, list(batch.prompts)
+    if prior is not None:
+        x0, noise = torch.cat([x0, prior.x0]), torch.cat([noise, prior.noise])
+        t, prompts = torch.cat([t, prior.t]), prompts + list(prior.prompts)
+    xt = schedule.add_noise(x0, noise, t)
+    pred = unet_out(session.unet, xt, t, encode(prompts))
+    n = len(batch.x0)
+    if cfg.objective == "model-based":
+        with torch.no_grad():
+            target = unet_out(session.unet, xt[:n], t[:n], encode(batch.anchor_prompts))
+    else:
+        target = noise_target(schedule, x0, noise, t)
+    pred, ppred = pred[:n], pred[n:]
+    # train.py's model-based branch takes the prior target straight from the noise.
+    ptarget = noise[n:] if cfg.objective == "model-based" else target[n:]
+    target = target[:n]
+    if cfg.masked_loss:
+        mask = valid_mask(pred.shape).to(pred)
+        loss = (((pred.float() - target.float()) ** 2 * mask).sum((1, 2, 3)) / mask.sum((1, 2, 3))).mean()
+    else:
+        loss = F.mse_loss(pred.float(), target.float())
+    if prior is not None:
+        loss = loss + cfg.prior_loss_weight * F.mse_loss(ppred.float(), ptarget.float())
+    return loss
+
+
 @register
 class CA(Eraser):
     name = "ca"
-    description = "concept ablation: fine-tune cross-attention so the target denoises anchor-concept images"
+    description = "concept ablation: fine-tune cross-attention so target prompts give what anchor prompts do"
     Config = CAConfig
 
     def erase(self, pipe, request: EraseRequest):
         cfg: CAConfig = request.config
-        anchor = resolve_anchor(pipe, request.targets, cfg.anchor)
-        session = TrainingSession(pipe, cfg.train, cfg.lr, cfg.seed)
+        anchor = resolve_anchor(pipe, request.targets, cfg.anchor, cfg.concept_type)
+        pairs = caption_pairs(pipe, anchor, request.targets, cfg)
+        session = CASession(pipe, cfg)
         try:
             encode = PromptEncoder(pipe)
-            conds = dict(zip(request.targets, encode([concept_prompt(pipe, t) for t in request.targets])))
-            c_anchor, uncond = encode([anchor, ""])
-            images = self.anchor_latents(session, pipe, c_anchor, uncond, cfg)
+            images = self.anchor_latents(session, pipe, encode, [p[0] for p in pairs], cfg)
             schedule = NoiseSchedule.from_pipe(pipe, cfg.sample_steps)
-            steps_total = len(schedule.alphas_cumprod)
+            sampler = Sampler(session, images, pairs, cfg, len(schedule.alphas_cumprod))
             with progress_bar(cfg.iterations, self.name, request.progress) as advance:
                 for _ in range(cfg.iterations):
-                    idx = torch.randint(len(images), (cfg.batch_size,), generator=session.generator)
-                    x0 = images[idx]
-                    noise = session.randn(x0.shape)
-                    t = torch.randint(steps_total, (cfg.batch_size,), generator=session.generator).to(x0.device)
-                    xt = schedule.add_noise(x0, noise, t)
-                    cond = conds[session.choice(request.targets)]
-                    pred = session.trained_out(torch.cat([xt, xt]), torch.cat([t, t]),
-                                               torch.cat([cond.expand(len(xt), -1, -1),
-                                                          c_anchor.expand(len(xt), -1, -1)]))
-                    eps = schedule.to_eps(pred, torch.cat([xt, xt]), torch.cat([t, t]))
-                    eps_target, eps_anchor = eps.chunk(2)
-                    loss = F.mse_loss(eps_target, noise) + cfg.anchor_loss_weight * F.mse_loss(eps_anchor, noise)
-                    advance(session.step(loss))
+                    batch = self.draw_batch(sampler, request.targets)
+                    advance(session.step(ca_loss(session, schedule, encode, batch, cfg)))
         except BaseException:
             session.restore()
             raise
         return session.finish(self.name, cfg.as_dict(), request.targets, request.preserve,
-                              extras={"anchor": anchor, "parameter_group": cfg.train})
+                              extras={"anchor": anchor, "parameter_group": cfg.train, "captions": len(pairs),
+                                      "effective_lr": cfg.effective_lr()})
 
     @staticmethod
-    def anchor_latents(session: TrainingSession, pipe, c_anchor, uncond, cfg: CAConfig) -> torch.Tensor:
-        """Clean latents of the anchor concept from the original model (training has not started yet)."""
+    def draw_batch(sampler: Sampler, targets) -> Batch:
+        return sampler.draw(list(targets))
+
+    @staticmethod
+    def anchor_latents(session: TrainingSession, pipe, encode: PromptEncoder, captions: list[str],
+                       cfg: CAConfig) -> torch.Tensor:
+        """Clean latents from the original model (training has not started yet); image i shows caption
+        i mod len(captions), as train.py's PromptDataset cycles through its captions."""
         schedule = NoiseSchedule.from_pipe(pipe, cfg.sample_steps)
+        uncond = encode([""])
         out, chunk = [], 8
         for i in range(0, cfg.anchor_images, chunk):
             n = min(chunk, cfg.anchor_images - i)
+            cond = encode([captions[(i + j) % len(captions)] for j in range(n)])
             noise = session.randn(latent_shape(pipe, n))
-            out.append(ddim_rollout(session.unet, schedule, noise, c_anchor, uncond, len(schedule.timesteps),
+            out.append(ddim_rollout(session.unet, schedule, noise, cond, uncond, len(schedule.timesteps),
                                     cfg.sample_guidance))
         return torch.cat(out)
