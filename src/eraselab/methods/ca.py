@@ -37,7 +37,6 @@ masked_loss=false hflip=false. `prior_same_noise` is eraselab's own option, off 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -248,22 +247,8 @@ class CASession(TrainingSession):
     """TrainingSession with train.py's optimiser: AdamW with weight decay and gradient-norm clipping."""
 
     def __init__(self, pipe, cfg: CAConfig):
-        super().__init__(pipe, cfg.train, cfg.effective_lr(), cfg.seed)
-        self.optimizer = torch.optim.AdamW(self.trained, lr=cfg.effective_lr(), betas=(0.9, 0.999), eps=1e-8,
-                                           weight_decay=cfg.weight_decay)
-        self.max_grad_norm = cfg.max_grad_norm
-
-    def step(self, loss: torch.Tensor) -> float:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.trained, self.max_grad_norm)
-        self.optimizer.step()
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            raise EraseLabError("the training loss became non-finite; lower the learning rate")
-        self.losses.append(value)
-        return value
+        super().__init__(pipe, cfg.train, cfg.effective_lr(), cfg.seed, weight_decay=cfg.weight_decay,
+                         max_grad_norm=cfg.max_grad_norm)
 
 
 @dataclass

@@ -24,7 +24,10 @@ class TrainingSession:
     (torch.func.functional_call), so it costs the memory of the trained group, not a second UNet.
     """
 
-    def __init__(self, pipe, group: str, lr: float, seed: int):
+    def __init__(self, pipe, group: str, lr: float, seed: int, weight_decay: float | None = None,
+                 max_grad_norm: float = 0.0):
+        """Adam at `lr` on `group`; with `weight_decay` (not None) AdamW (betas 0.9/0.999, eps 1e-8) as the
+        diffusers training scripts use; `max_grad_norm` > 0 clips the trained parameters' gradient norm."""
         unet = pipe.unet
         if unet.dtype != torch.float32:
             raise EraseLabError(f"fine-tuning needs float32 weights but the UNet is {unet.dtype}; load the model "
@@ -43,7 +46,12 @@ class TrainingSession:
         self.trained = [params[n] for n in self.names]
         for p in self.trained:
             p.requires_grad_(True)
-        self.optimizer = torch.optim.Adam(self.trained, lr=lr)
+        if weight_decay is None:
+            self.optimizer = torch.optim.Adam(self.trained, lr=lr)
+        else:
+            self.optimizer = torch.optim.AdamW(self.trained, lr=lr, betas=(0.9, 0.999), eps=1e-8,
+                                               weight_decay=weight_decay)
+        self.max_grad_norm = max_grad_norm
         self.generator = torch.Generator().manual_seed(seed)
         self.device = unet.device
         self.losses: list[float] = []
@@ -77,6 +85,8 @@ class TrainingSession:
     def step(self, loss: torch.Tensor) -> float:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.trained, self.max_grad_norm)
         self.optimizer.step()
         value = float(loss.detach())
         if not math.isfinite(value):
