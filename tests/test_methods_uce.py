@@ -30,14 +30,15 @@ def kv_weights(pipe):
 
 @pytest.mark.parametrize("lam,s_e,s_p", [(0.5, 1.0, 1.0), (0.2, 3.0, 0.4)])
 def test_uce_equals_stacked_least_squares(tiny_pipe_factory, lam, s_e, s_p):
+    """The default (paper) recipe: erase rows last word → end; retained: '' and each preserved concept, all
+    77 rows."""
     pipe = tiny_pipe_factory(0)
     targets, preserve = ["circle", "red square"], ["star", "heart", "a blue arrow"]
-    edit = eraselab.erase(pipe, "uce", targets, preserve, lam=lam, erase_scale=s_e, preserve_scale=s_p,
-                          check=False)
+    edit = eraselab.erase(pipe, "uce", targets, preserve, lam=lam, erase_scale=s_e, preserve_scale=s_p)
     pairs = [rows_last_to_end(pipe, t, "") for t in targets]
     ce = torch.cat([a for a, _ in pairs])
     cg = torch.cat([g for _, g in pairs])
-    cp = torch.cat([encode_independently(pipe, p)[0][encode_independently(pipe, p)[1]:] for p in preserve])
+    cp = torch.cat([encode_independently(pipe, p)[0] for p in ["", *preserve]])
     d = ce.shape[1]
     for name, w_old in kv_weights(pipe).items():
         # min s_e‖W ce − W_old cg‖² + s_p‖W cp − W_old cp‖² + λ‖W − W_old‖²  as one stacked least squares in Wᵀ.
@@ -52,7 +53,8 @@ def test_target_maps_to_guide_as_lambda_vanishes(tiny_pipe_factory):
     pipe = tiny_pipe_factory(0)
     errors = []
     for lam in (1.0, 1e-2, 1e-6):
-        edit = eraselab.erase(pipe, "uce", ["circle"], lam=lam, tokens="last", check=False)
+        # Nothing retained (the paper recipe's '' would compete with the target row in this 32-wide encoder).
+        edit = eraselab.erase(pipe, "uce", ["circle"], lam=lam, tokens="last", retain_empty=False)
         hc, ic = encode_independently(pipe, "circle")
         hg, ig = encode_independently(pipe, "")
         worst = 0.0
@@ -70,7 +72,10 @@ def test_preserved_outputs_hold_as_preserve_scale_grows(tiny_pipe_factory):
     preserve = ["star", "heart"]
     changes = []
     for s_p in (0.1, 1.0, 10.0, 1000.0):
-        edit = eraselab.erase(pipe, "uce", ["circle"], preserve, preserve_scale=s_p, check=False)
+        # The preserved concepts' rows last word → end only: their 77-row versions, with '', span the whole
+        # 32-wide text space of this pipe and leave the target no room.
+        edit = eraselab.erase(pipe, "uce", ["circle"], preserve, preserve_scale=s_p, preserve_tokens="last_to_end",
+                              retain_empty=False)
         worst = 0.0
         for p in preserve:
             h, i = encode_independently(pipe, p)
@@ -97,10 +102,11 @@ def test_one_text_encoder_pass_per_distinct_prompt(tiny_pipe_factory):
     seen = []
     handle = pipe.text_encoder.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[0]))
     try:
-        eraselab.erase(pipe, "uce", ["circle", "star"], ["square", "heart"], check_prompts=10)
+        eraselab.erase(pipe, "uce", ["circle", "star"], ["square", "heart"], check=True, check_prompts=10)
     finally:
         handle.remove()
-    # targets, the guide "", preserved concepts and 10 probe words: 15 distinct prompts, each encoded once.
+    # targets, the guide "" (also the retained ''), preserved concepts and 10 probe words: 15 distinct prompts,
+    # each encoded once.
     assert sum(seen) == 2 + 1 + 2 + 10
 
 
@@ -110,9 +116,11 @@ def test_collapsing_edit_is_refused(tiny_pipe_factory):
     pipe = tiny_pipe_factory(0)
     many = list(en3k()[100:400])
     with pytest.raises(EraseLabError, match="collapses outputs"):
-        eraselab.erase(pipe, "uce", many, erase_scale=1e4, lam=0.01, tokens="last")
-    edit = eraselab.erase(pipe, "uce", ["circle"])  # an ordinary edit passes the same check
+        eraselab.erase(pipe, "uce", many, erase_scale=1e4, lam=0.01, tokens="last", check=True)
+    edit = eraselab.erase(pipe, "uce", ["circle"], check=True)  # an ordinary edit passes the same check
     assert edit.extras["collapse_check"]["min_diversity"] > 0.2
+    # The check is eraselab's own and off in the reference recipes: the same collapsing edit goes through.
+    assert "collapse_check" not in eraselab.erase(pipe, "uce", many, erase_scale=1e4, lam=0.01, tokens="last").extras
 
 
 def test_rece_embedding_solves_its_normal_equations():
@@ -138,4 +146,17 @@ def test_rece_edits_further_than_uce(tiny_pipe_factory):
     rece = eraselab.erase(pipe, "rece", ["circle"], epochs=2, check=False)
     assert set(rece.tensors) == set(uce.tensors)
     assert any(not torch.allclose(rece.tensors[n], uce.tensors[n]) for n in uce.tensors)
-    assert len(rece.extras["adversarial_mismatch"]) == 2
+    assert len(rece.extras["adversarial_mismatch"]) == 2 and [e["epoch"] for e in rece.extras["epochs"]] == [1, 2]
+    start = eraselab.erase(pipe, "rece", ["circle"], epochs=0)  # epochs=0 is the UCE start
+    assert all(torch.equal(start.tensors[n], uce.tensors[n]) for n in uce.tensors)
+
+
+@pytest.mark.parametrize("key,value,message", [("reedit_tokens", "first", "reedit_tokens must be one of"),
+                                               ("reedit_retain", "all", "reedit_retain must be one of"),
+                                               ("reedit_lam", 0, "reedit_lam must be positive"),
+                                               ("recipe", "paper", "unknown recipe 'paper'")])
+def test_rece_bad_config_is_one_line(key, value, message):
+    from eraselab.methods import build_request
+
+    with pytest.raises(EraseLabError, match=message):
+        build_request("rece", "circle", **{key: value})

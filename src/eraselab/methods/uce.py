@@ -1,16 +1,27 @@
 """UCE — Unified Concept Editing (Gandikota et al., 2024): a closed-form edit of every cross-attention key and
 value projection W (attn2.to_k, attn2.to_v):
 
-    W_new = argmin_W  s_e Σ_{i∈E} ‖W c_i − W_old c_i^guide‖² + s_p Σ_{j∈P} ‖W c_j − W_old c_j‖² + λ ‖W − W_old‖²_F
+    W_new = argmin_W  s_e Σ_{i∈E} ‖W c_i − W_old c_i^guide‖² + s_p Σ_{j∈R} ‖W c_j − W_old c_j‖² + λ ‖W − W_old‖²_F
           = W_old (λI + s_e Σ c_i^guide c_iᵀ + s_p Σ c_j c_jᵀ) (λI + s_e Σ c_i c_iᵀ + s_p Σ c_j c_jᵀ)⁻¹.
 
 Because every v* is W_old times a text vector, the edit is W_old · T with one d×d matrix T shared by all
 projections: each distinct prompt is encoded once, T is one d×d solve (float64), and each layer costs one matmul.
 
-Token choice (`tokens`): "last_to_end" (default) uses the prompt's last word token and every token after it
-(end-of-text and padding), aligned position by position with the guide's, as the original UCE code did — CLIP's
-causal attention writes the concept into those trailing tokens too, so editing only the word token leaves the
-concept reachable through them. "last" uses only the last word token (the later UCE code's choice).
+Recipes (config `recipe`):
+
+- "paper" (default): rohitgandikota/unified-concept-editing@bd5fb515392e986758fa3197e382148227db8f25,
+  train-scripts/train_erase.py, the script of the paper's experiments. Each target is the bare concept; its rows
+  run from its last word token to the end of the sequence, aligned position by position with the guide's
+  (`tokens=last_to_end`; the guide "" is written " " there, which CLIP's tokenizer encodes exactly as "");
+  the retained texts are the empty prompt plus the preserved concepts (`retain_empty`), each with all 77 token
+  rows (`preserve_tokens=all`); s_p = max(0.1, 1/|retained texts|) (`preserve_scale=-1`, "auto"); λ 0.5, s_e 1.
+- "current": the same repository @28c81ed5a3e41277c1a0dc55f738e7ab188e9718, trainscripts/uce_sd_erase.py: the
+  last word token only, for targets and preserved concepts alike, no empty prompt retained, s_p 1.
+
+eraselab's own options, off in both recipes: `check` (refuse an edit that collapses unrelated prompts' keys and
+values; it never changes the weights). miniworld adaptations, used only on the embedded miniworld model (both
+"auto"): `template` (concepts written as "a {}", the form of miniworld's captions) and `auto_preserve` (every
+other miniworld class preserved).
 """
 from __future__ import annotations
 
@@ -22,13 +33,21 @@ import torch
 
 from .. import edits
 from ..errors import EraseLabError
-from .base import Eraser, EraseRequest, MethodConfig, non_negative, one_of, positive
+from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
 from .params import kv_projections
 from .registry import register
 from .text import MINIWORLD_TEMPLATE, PromptEncoder
 
 TOKEN_CHOICES = ("last_to_end", "last")
+PRESERVE_TOKEN_CHOICES = ("all", "last_to_end", "last")
 AUTO_PRESERVE = ("auto", "none", "world")
+# preserve_scale's value for "auto", s_p = max(0.1, 1/|retained texts|); the config field is a float, so "auto"
+# (accepted from the CLI and from Python) is stored as this number.
+AUTO_SCALE = -1.0
+
+UCE_REPOSITORY = "rohitgandikota/unified-concept-editing"
+PAPER = Reference(UCE_REPOSITORY, "bd5fb515392e986758fa3197e382148227db8f25", "train-scripts/train_erase.py")
+CURRENT = Reference(UCE_REPOSITORY, "28c81ed5a3e41277c1a0dc55f738e7ab188e9718", "trainscripts/uce_sd_erase.py")
 
 
 def resolve_model_defaults(cfg: "UCEConfig", pipe) -> "UCEConfig":
@@ -69,9 +88,11 @@ class UCEConfig(MethodConfig):
     guide: str = ""
     lam: float = 0.5
     erase_scale: float = 1.0
-    preserve_scale: float = 1.0
+    preserve_scale: float = AUTO_SCALE
     tokens: str = "last_to_end"
-    check: bool = True
+    preserve_tokens: str = "all"
+    retain_empty: bool = True
+    check: bool = False
     check_prompts: int = 32
     template: str = "auto"
     auto_preserve: str = "auto"
@@ -79,38 +100,69 @@ class UCEConfig(MethodConfig):
     max_unrelated_change: float = 1.0
     max_norm_growth: float = 10.0
 
-    # miniworld preserves the world's other classes (auto_preserve), ~1,100 text rows against the target's ~75 in a
-    # 64-wide space, so the preserve terms need a smaller weight than the original code's max(0.1, 1/|P|).
-    # Measured on model 4f82c97, erasing "circle" (32 seeds; circle / star / ellipse rates, originally
-    # 0.84 / 0.72 / 1.00): no preserve set 0.00 / 0.72 / 0.09 (the similar "ellipse" erased too); s_p = 1
-    # 0.67 / 0.75; s_p = 0.1 0.31 / 0.75 / 0.97; s_p = 0.03 0.09 / 0.78 / 1.00.
+    recipes: ClassVar[tuple[Recipe, ...]] = (
+        Recipe("paper", PAPER,
+               "the paper's script: bare concept, rows from its last word token to the end aligned with the guide's; "
+               "retains '' and the preserved concepts over all 77 rows; s_p = max(0.1, 1/|retained|), λ 0.5"),
+        Recipe("current", CURRENT,
+               "the repository's current script: last word token only (targets and preserved concepts), nothing "
+               "retained but the preserved concepts, s_p 1, λ 0.5",
+               {"tokens": "last", "preserve_tokens": "last", "retain_empty": False, "preserve_scale": 1.0}),
+    )
+    # miniworld preserves the world's other classes (auto_preserve), ~1,200 text rows against the target's ~75 in a
+    # 64-wide space, so the preserve terms need a smaller weight than the paper's max(0.1, 1/|retained|).
     miniworld: ClassVar[dict] = {"preserve_scale": 0.03}
     help: ClassVar[dict] = {**MethodConfig.help,
                             "guide": 'concept the targets are mapped to ("" for objects, "art" for styles)',
                             "lam": "λ, weight of ‖W − W_old‖² (keeps the edit small)",
                             "erase_scale": "s_e, weight of the erase terms",
-                            "preserve_scale": "s_p, weight of the preserve terms (old code: max(0.1, 1/|P|))",
-                            "tokens": "text vectors used: last_to_end (original UCE) or last (word token only)",
-                            "check": "refuse an edit that collapses outputs (see the three limits)",
+                            "preserve_scale": "s_p, weight of the retained texts' terms; auto (stored as -1) = "
+                                              "max(0.1, 1/|retained texts|) as the paper's script",
+                            "tokens": "target rows: last_to_end (last word token to the end, aligned with the "
+                                      "guide's; paper) or last (word token only; current)",
+                            "preserve_tokens": "rows of each retained text: all 77 (paper), last_to_end, or last "
+                                               "(current)",
+                            "retain_empty": "also retain the empty prompt '' (paper: true)",
+                            "check": "eraselab option: refuse an edit that collapses outputs (see the three "
+                                     "limits); never changes the weights",
                             "check_prompts": "unrelated vocabulary words the collapse check probes",
                             "template": "prompt each erased/preserved concept is written into before encoding: "
-                                        "'{}' = the bare concept (original code); auto = 'a {}' on the miniworld "
+                                        "'{}' = the bare concept (reference code); auto = 'a {}' on the miniworld "
                                         "model (its captions' form), '{}' elsewhere",
                             "auto_preserve": "world = also preserve every other miniworld class; none; auto = world "
                                              "on the miniworld model, none elsewhere",
-                            "min_diversity": "refuse if unrelated words' outputs span fewer than this × the directions they "
-                                             "spanned before (participation ratio)",
+                            "min_diversity": "refuse if unrelated words' outputs span fewer than this × the directions "
+                                             "they spanned before (participation ratio)",
                             "max_unrelated_change": "refuse if unrelated prompts' outputs move more than this × "
                                                     "their norm",
                             "max_norm_growth": "refuse if a projection's Frobenius norm grows more than this ×"}
 
+    @classmethod
+    def build(cls, overrides: dict, pipe=None, method: str = ""):
+        overrides = dict(overrides)
+        value = overrides.get("preserve_scale")
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            overrides["preserve_scale"] = AUTO_SCALE
+        return super().build(overrides, pipe=pipe, method=method)
+
     def validate(self) -> None:
         positive(self, "lam")
-        non_negative(self, "erase_scale", "preserve_scale", "check_prompts")
+        non_negative(self, "erase_scale", "check_prompts")
+        if not (self.preserve_scale >= 0 or self.preserve_scale == AUTO_SCALE):
+            raise EraseLabError(f"config preserve_scale must be zero or positive, or auto (-1), got "
+                                f"{self.preserve_scale}")
         one_of(self, "tokens", TOKEN_CHOICES)
+        one_of(self, "preserve_tokens", PRESERVE_TOKEN_CHOICES)
         one_of(self, "auto_preserve", AUTO_PRESERVE)
         if self.template != "auto" and "{}" not in self.template:
             raise EraseLabError(f"template {self.template!r} has no {{}} for the concept; use e.g. 'a {{}}'")
+
+
+def effective_preserve_scale(scale: float, retained: int) -> float:
+    """s_p as used: `scale`, or for auto the paper script's max(0.1, 1/|retained texts|)."""
+    if scale != AUTO_SCALE:
+        return scale
+    return max(0.1, 1.0 / retained) if retained else 1.0
 
 
 def aligned_rows(encoder: PromptEncoder, prompt: str, partner: str, mode: str):
@@ -124,7 +176,10 @@ def aligned_rows(encoder: PromptEncoder, prompt: str, partner: str, mode: str):
 
 
 def own_rows(encoder: PromptEncoder, prompt: str, mode: str) -> torch.Tensor:
+    """Rows of one retained text: all 77 token rows, its last word token to the end, or its last word token."""
     h = encoder([prompt])[0]
+    if mode == "all":
+        return h
     i = encoder.last_subject_index(prompt)
     return h[i:i + 1] if mode == "last" else h[i:]
 
@@ -223,15 +278,23 @@ class UCERows:
     erase: torch.Tensor
     guide: torch.Tensor
     preserve: torch.Tensor
+    retained: int  # number of retained texts (the empty prompt counts), for the auto s_p
+
+
+def retained_texts(preserve, cfg: UCEConfig) -> list[str]:
+    """The texts whose keys/values the edit keeps: '' first when retain_empty (the paper's script retains it
+    always), then each preserved concept written into cfg.template."""
+    return ([""] if cfg.retain_empty else []) + [cfg.template.format(p) for p in preserve]
 
 
 def build_rows(encoder: PromptEncoder, targets, preserve, cfg: UCEConfig) -> UCERows:
     """Targets and preserved concepts are written into cfg.template (the guide is not: "" stays empty)."""
     pairs = [aligned_rows(encoder, cfg.template.format(t), cfg.guide, cfg.tokens) for t in targets]
     d = pairs[0][0].shape[1]
-    keep = [own_rows(encoder, cfg.template.format(p), cfg.tokens) for p in preserve]
+    texts = retained_texts(preserve, cfg)
+    keep = [own_rows(encoder, x, cfg.preserve_tokens) for x in texts]
     return UCERows(torch.cat([a for a, _ in pairs]), torch.cat([g for _, g in pairs]),
-                   torch.cat(keep) if keep else torch.zeros(0, d, device=pairs[0][0].device))
+                   torch.cat(keep) if keep else torch.zeros(0, d, device=pairs[0][0].device), len(texts))
 
 
 @dataclass
@@ -251,10 +314,23 @@ def prepare(pipe, request: EraseRequest) -> UCESetup:
     state = ClosedFormEdit(pipe)
     encoder = PromptEncoder(pipe)
     preserve = preserved_concepts(request.targets, request.preserve, cfg.auto_preserve)
-    probes = probe_words(pipe, [*request.targets, *preserve, cfg.guide], cfg.check_prompts)
+    probes = probe_words(pipe, [*request.targets, *preserve, cfg.guide], cfg.check_prompts) if cfg.check else []
     # Every distinct prompt in one batched text-encoder pass.
-    encoder([*(cfg.template.format(c) for c in (*request.targets, *preserve)), cfg.guide, *probes])
+    encoder([*(cfg.template.format(c) for c in request.targets), cfg.guide, *retained_texts(preserve, cfg),
+             *probes])
     return UCESetup(cfg, state, encoder, preserve, probes, build_rows(encoder, request.targets, preserve, cfg))
+
+
+def uce_weights(original: dict[str, torch.Tensor], rows: UCERows, cfg: UCEConfig) -> dict[str, torch.Tensor]:
+    """The UCE edit of `original` (the first stage of RECE too)."""
+    s_p = effective_preserve_scale(cfg.preserve_scale, rows.retained)
+    return apply_transform(original, uce_transform(rows.erase, rows.guide, rows.preserve, cfg.lam,
+                                                   cfg.erase_scale, s_p))
+
+
+def row_counts(rows: UCERows, cfg: UCEConfig) -> dict:
+    return {"token_rows": {"erase": int(rows.erase.shape[0]), "preserve": int(rows.preserve.shape[0])},
+            "preserve_scale": effective_preserve_scale(cfg.preserve_scale, rows.retained)}
 
 
 @register
@@ -265,14 +341,11 @@ class UCE(Eraser):
 
     def erase(self, pipe, request: EraseRequest):
         setup = prepare(pipe, request)
-        cfg, state, encoder, preserve, probes, rows = (setup.cfg, setup.state, setup.encoder, setup.preserve,
-                                                       setup.probes, setup.rows)
-        transform = uce_transform(rows.erase, rows.guide, rows.preserve, cfg.lam, cfg.erase_scale,
-                                  cfg.preserve_scale)
-        new = apply_transform(state.original, transform)
-        extras = self.checked(state.original, new, encoder, probes, cfg)
-        extras["token_rows"] = {"erase": int(rows.erase.shape[0]), "preserve": int(rows.preserve.shape[0])}
-        return state.finish(new, self.name, cfg.as_dict(), request.targets, preserve, extras)
+        cfg, state, rows = setup.cfg, setup.state, setup.rows
+        new = uce_weights(state.original, rows, cfg)
+        extras = self.checked(state.original, new, setup.encoder, setup.probes, cfg)
+        extras.update(row_counts(rows, cfg))
+        return state.finish(new, self.name, cfg.as_dict(), request.targets, setup.preserve, extras)
 
     @staticmethod
     def checked(old, new, encoder, probes, cfg: UCEConfig) -> dict:
