@@ -76,6 +76,9 @@ def validate(spec: BenchSpec) -> None:
     from .methods import build_request
     from .suites import get_suite
 
+    from .models import resolve_model
+
+    resolve_model(spec.model)  # a wrong model name fails here, before the evaluator or the model loads
     if not spec.methods:
         raise EraseLabError("no methods given; pass e.g. --methods uce,esd-x,ap")
     if len(set(spec.methods)) != len(spec.methods):

@@ -48,34 +48,16 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
     HF_HUB_OFFLINE=1). The safety checker is disabled, as in the reference erasure code, so that a black image
     is never mistaken for a successful erasure.
     """
-    if not isinstance(model, str) or not model.strip():
-        raise EraseLabError("no model given; pass --model miniworld, a diffusers folder or a hub id")
+    kind, path = resolve_model(model)
     if device is not None:
         device = _usable_device(device)  # before the weights load: a typo should fail in a second
     _follow_hub_progress_setting()
-    path = Path(model).expanduser()
-    if model == MINIWORLD:
-        path = miniworld_weights_dir()
-        if not (path / "model_index.json").exists():
-            raise EraseLabError("the miniworld weights are not in this install; train them with "
-                                "`eraselab miniworld train --out DIR` and pass --model DIR")
+    if kind == "folder":
         pipe = _from_folder(path)
-    elif path.is_dir():
-        if not (path / "model_index.json").exists():
-            raise EraseLabError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder "
-                                "written by save_pretrained, or a hub id")
-        pipe = _from_folder(path)
-    elif path.suffix in SINGLE_FILE_SUFFIXES:
+    elif kind == "file":
         pipe = _from_single_file(path, trust_pickle)
-    elif path.exists():
-        raise EraseLabError(f"{path} is neither a diffusers folder nor a checkpoint file "
-                            f"({', '.join(SINGLE_FILE_SUFFIXES)}); pass a folder written by save_pretrained, a "
-                            ".safetensors checkpoint or a hub id")
-    elif "/" in model and not model.startswith((".", "/")) and model.count("/") == 1:
-        pipe = _from_hub(model)
     else:
-        raise EraseLabError(f"model {model!r} does not exist; pass --model miniworld, a diffusers folder or a "
-                            "hub id like CompVis/stable-diffusion-v1-4")
+        pipe = _from_hub(model)
     _check_tokenizer(pipe, model)
     setattr(pipe, _SOURCE_ATTR, model)
     if dtype is not None:
@@ -84,6 +66,38 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def resolve_model(model: str) -> tuple[str, Path | None]:
+    """What `model` names, checked without loading anything: ("folder", path) for miniworld or a diffusers
+    folder, ("file", path) for a single-file checkpoint, ("hub", None) for a hub id. Bad names fail here, in a
+    second, with a one-line error (bench checks its model this way before any expensive step)."""
+    if not isinstance(model, str) or not model.strip():
+        raise EraseLabError("no model given; pass --model miniworld, a diffusers folder or a hub id")
+    path = Path(model).expanduser()
+    if model == MINIWORLD:
+        path = miniworld_weights_dir()
+        if not (path / "model_index.json").exists():
+            raise EraseLabError("the miniworld weights are not in this install; train them with "
+                                "`eraselab miniworld train --out DIR` and pass --model DIR")
+        return "folder", path
+    if path.is_dir():
+        if not (path / "model_index.json").exists():
+            raise EraseLabError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder "
+                                "written by save_pretrained, or a hub id")
+        return "folder", path
+    if path.suffix in SINGLE_FILE_SUFFIXES:
+        if not path.exists():
+            raise EraseLabError(f"model file {path} does not exist; pass an existing file or folder")
+        return "file", path
+    if path.exists():
+        raise EraseLabError(f"{path} is neither a diffusers folder nor a checkpoint file "
+                            f"({', '.join(SINGLE_FILE_SUFFIXES)}); pass a folder written by save_pretrained, a "
+                            ".safetensors checkpoint or a hub id")
+    if "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+        return "hub", None
+    raise EraseLabError(f"model {model!r} does not exist; pass --model miniworld, a diffusers folder or a "
+                        "hub id like CompVis/stable-diffusion-v1-4")
 
 
 def _follow_hub_progress_setting() -> None:
