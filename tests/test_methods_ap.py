@@ -1,19 +1,28 @@
 """AP and AGE: candidate selection, the Gumbel-softmax concept search, and end-to-end runs on a tiny model."""
+import numpy as np
 import pytest
 import torch
 
 import eraselab
 from eraselab.methods.adversarial import concept_weights, gumbel_softmax, search_step
 from eraselab.methods.params import in_group
-from eraselab.methods.vocabulary import candidate_concepts, kmeans_1d, select_candidates
+from eraselab.methods.vocabulary import candidate_concepts, kmeans_pp_1d, special_word
 from eraselab.models import compute_fingerprint
 
 
+def test_kmeans_pp_1d_matches_sklearn():
+    """The reference calls sklearn's KMeans(n_clusters, random_state=0); our re-implementation must give the same
+    centres in the same order (sklearn ≥ 1.4: n_init 1 for k-means++; 10 = older versions' default)."""
+    sklearn = pytest.importorskip("sklearn.cluster")
+    for seed, (n, k) in enumerate([(1000, 100), (100, 20), (50, 10), (300, 30)]):
+        x = -np.abs(np.random.RandomState(seed).randn(n) * 3 + 20).astype(np.float32).astype(np.float64)
+        want = sklearn.KMeans(n_clusters=k, random_state=0, n_init=1).fit(x[:, None]).cluster_centers_[:, 0]
+        np.testing.assert_allclose(kmeans_pp_1d(x, k, seed=0, n_init=1), want, rtol=1e-12)
 
-def test_kmeans_1d_finds_the_cluster_means():
-    values = torch.tensor([1.0, 1.2, 0.8, 5.0, 5.4, 9.0, 9.5, 10.0])
-    centres = kmeans_1d(values, 3)
-    assert torch.allclose(centres, torch.tensor([1.0, 5.2, 9.5], dtype=torch.float64), atol=1e-9)
+
+def test_kmeans_pp_1d_finds_separated_clusters():
+    values = np.array([1.0, 1.2, 0.8, 5.0, 5.4, 9.0, 9.5, 10.0])
+    assert sorted(kmeans_pp_1d(values, 3)) == pytest.approx([1.0, 5.2, 9.5])
 
 
 class HandMadeEncoder:
@@ -33,17 +42,23 @@ class HandMadeEncoder:
         return self(words)
 
 
-def test_candidates_are_k_closest_then_one_per_distance_cluster():
-    dist = {"near1": 1.0, "near2": 1.1, "near3": 1.3, "mid1": 5.0, "mid2": 5.2, "far1": 9.0, "far2": 9.1,
-            "far3": 9.6, "beyond1": 50.0, "beyond2": 60.0}
+def test_candidates_are_k_closest_then_one_per_cluster_with_the_target_kept():
+    dist = {"nigh": 1.0, "close": 1.1, "next": 1.3, "middle": 5.0, "median": 5.2, "far": 9.0, "distant": 9.1,
+            "remote": 9.6, "outer": 50.0, "outermost": 60.0, "two words": 0.5, "x2": 0.7}
     enc = HandMadeEncoder(dist)
     words = list(dist) + ["target"]
-    names, emb, got_dist = candidate_concepts(enc, ["target"], words, k_closest=8, num_centers=3)
-    # beyond* are not among the 8 closest; the target itself is excluded; one word nearest each cluster centre.
-    assert names == ["near2", "mid1", "far2"]  # centres 1.133, 5.1, 9.233 (ties broken towards the nearer word)
-    assert got_dist == pytest.approx([1.1, 5.0, 9.1], abs=1e-5)
+    names, emb, got_dist = candidate_concepts(enc, "target", words, k_closest=9, num_centers=4)
+    # The target is its own nearest word and stays; "two words" and "x2" hold characters outside a-z (special
+    # tokens); outer* are not among the 9 closest; k-means++ (random_state 0) finds the target and three clusters.
+    assert names == ["middle", "close", "distant", "target"], names
+    assert got_dist[names.index("target")] == pytest.approx(0.0, abs=1e-3)
     assert torch.equal(emb, enc(names))
-    assert select_candidates(torch.tensor([3.0, 1.0, 2.0]), k_closest=2, num_centers=5) == [1, 2]
+    # Without special-token filtering the two-word phrase is a candidate; num_centers ≥ k_closest: no k-means.
+    names, _, _ = candidate_concepts(enc, "target", words, k_closest=3, num_centers=3, ignore_special=False)
+    assert names == ["target", "two words", "x2"]
+    names, _, _ = candidate_concepts(enc, "target", words, k_closest=3, num_centers=3, exclude=["target"])
+    assert names == ["nigh", "close", "next"]
+    assert special_word("two words") and special_word("t-shirt") and not special_word("Dog")
 
 
 def test_gumbel_softmax_is_one_hot_forward_with_soft_gradients():
@@ -79,11 +94,13 @@ def test_end_to_end_on_a_tiny_model(tiny_pipe_factory, tmp_path, method, extra):
     pipe = tiny_pipe_factory(0)
     fp = compute_fingerprint(pipe)
     vocab = tmp_path / "words.txt"
-    vocab.write_text("\n".join(["circle", "square", "star", "heart", "dog", "car", "tree", "house"]))
+    vocab.write_text("circle\nsquare\nstar\nheart\ndog\ncar\ntree\nhouse")
     edit = eraselab.erase(pipe, method, ["circle"], ["moon"], iterations=3, ddim_steps=3, num_centers=4,
                           vocabulary=str(vocab), lr=1e-4, progress=False, **extra)
     candidates = [c["concept"] for c in edit.extras["candidates"]]
-    assert "circle" not in candidates and "moon" in candidates and len(candidates) == 5
+    # The reference keeps the target among its own candidates; `preserve` concepts are added.
+    assert "circle" in candidates and "moon" in candidates and len(candidates) == 5
+    assert {c["target"] for c in edit.extras["candidates"]} == {"circle"}
     assert {c["concept"] for c in edit.extras["adversarial_concepts"]} == set(candidates)
     assert sum(edit.extras["adversarial_picks"].values()) == 3  # one search step per model step
     assert edit.tensors and all(in_group(n.removeprefix("unet."), "x") for n in edit.tensors)

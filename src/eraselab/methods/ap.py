@@ -1,13 +1,26 @@
 """AP — Adversarial Preservation (Bui et al., NeurIPS 2024): ESD-style erasure in x̂₀ space that at the same time
 preserves the concept the current edit damages most, found by a Gumbel-softmax search over candidate concepts.
 
-Per step: draw a DDIM stopping step and timestep as ESD does, roll out with the model being trained from one
-shared noise conditioned on the target c (→ z) and on the adversarial concept c_a (→ z_a). Even steps update θ:
+Reference: tuananhbui89/Erasing-Adversarial-Preservation@7222925bc31348c00ed0896eb3148acf2d669d7d,
+train_adversarial_gumbel.py (with gen_embedding_matrix.py for the candidates), run as its run_*.sh scripts do
+(gumbel_lr 1e-2, temperature 2, hard, 100 centres of the 1000 closest EN3K words, lr 1e-5, 1000 iterations).
+
+Per step, for a target c drawn at random: sample a concept c_a from that target's own logits π_c (Gumbel-softmax),
+draw a DDIM index s and a timestep as the CompVis code does, roll out with the model being trained from one
+shared noise conditioned on c (→ z) and on c_a (→ z_a). Even steps update θ:
     ‖x̂₀_θ(z,c) − [x̂₀*(z,a) − η(x̂₀*(z,c) − x̂₀*(z,a))]‖² + w ‖x̂₀_θ(z_a,c_a) − x̂₀*(z_a,c_a)‖²
-with anchor a = ∅ (AGE replaces it); odd steps update the logits π to maximise the second term.
-Candidates (vocabulary → k-closest by L2 of the full encoder output → the word nearest each of num_centers 1-D
-k-means centres of the distances) exclude the targets (and, on miniworld, their synonyms: preserving a synonym
-would undo the erasure); concepts passed as `preserve` are always candidates.
+with anchor a = ∅ (AGE replaces it); odd steps update π_c to maximise the second term, the frozen model's
+x̂₀* being a constant (computed without gradient), so the search gradient flows through θ's prediction only.
+x̂₀ is formed with ᾱ of DDIM timestep s counted from t = 0 (the reference's `ddim_alphas[t_enc]`), the UNet
+sees a training timestep in [s·T/S, (s+1)·T/S), and the rollout has run S + 1 − s steps from t = T.
+Candidates per target: vocabulary → the k closest by L2 of the full encoder output (the target itself included)
+→ the word nearest each of num_centers sklearn-style k-means++ centres of those similarities (vocabulary.py).
+
+eraselab's own options (off in every reference recipe): `exact_search_gradient` (differentiate the frozen
+model's prediction in c_a too), `in_bin_timestep` (train at a timestep of the rolled-out latent's own noise
+level and form x̂₀ with it), `exclude_targets` (drop the targets and, on miniworld, their synonyms from the
+candidates). Concepts passed as `preserve` are added to every target's candidates (the reference has no
+such input).
 """
 from __future__ import annotations
 
@@ -21,12 +34,15 @@ import torch
 import torch.nn.functional as F
 
 from .adversarial import concept_weights, mix, ranking, search_step
-from .base import Eraser, EraseRequest, MethodConfig, non_negative, one_of, positive
-from .diffusion import NoiseSchedule, ddim_rollout, latent_shape
+from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
+from .diffusion import NoiseSchedule, _bcast, ddim_rollout, latent_shape
 from .registry import register
 from .text import PromptEncoder, concept_prompt
 from .training import TrainingSession, loss_summary, progress_bar
 from .vocabulary import candidate_concepts, is_miniworld, load_vocabulary
+
+AP_REFERENCE = Reference("tuananhbui89/Erasing-Adversarial-Preservation",
+                         "7222925bc31348c00ed0896eb3148acf2d669d7d", "train_adversarial_gumbel.py")
 
 
 @dataclass
@@ -42,11 +58,19 @@ class APConfig(MethodConfig):
     vocabulary: str = "auto"
     k_closest: int = 1000
     num_centers: int = 100
+    ignore_special_tokens: bool = True
+    kmeans_runs: int = 1
     train: str = "x"
+    exact_search_gradient: bool = False
+    in_bin_timestep: bool = False
+    exclude_targets: bool = False
 
+    recipes: ClassVar[tuple[Recipe, ...]] = (
+        Recipe("official", AP_REFERENCE,
+               "AP as in its run scripts: per-target candidates (1000 closest words, 100 k-means++ centres, "
+               "target kept), hard Gumbel-softmax τ 2, π lr 1e-2, search gradient through θ only"),
+    )
     # The preservation term pulls against the erasure, so AP needs a larger step than ESD-x on miniworld.
-    # Measured on model 4f82c97, erasing "circle" (circle / star rates, originally 0.88 / 0.73): lr 1e-4
-    # 0.23 / 0.69 (48 seeds); lr 2e-4 0.00 / 0.62 (32 seeds, originally 0.84 / 0.72).
     miniworld: ClassVar[dict] = {"iterations": 150, "lr": 2e-4, "ddim_steps": 20, "num_centers": 20}
     help: ClassVar[dict] = {**MethodConfig.help,
                             "iterations": "θ updates (as many π updates alternate with them)",
@@ -58,13 +82,33 @@ class APConfig(MethodConfig):
                             "rollout_guidance": "CFG scale of the partial rollout",
                             "vocabulary": "auto (miniworld words or en3k), en3k, clip, imagenet, miniworld or a file",
                             "k_closest": "vocabulary words kept by L2 distance to the target",
-                            "num_centers": "1-D k-means centres = candidates (nudity: 50)",
-                            "train": "parameters: x (cross-attention: objects, artists) or u (the rest: nudity)"}
+                            "num_centers": "k-means++ centres = candidates per target; ≤ 0 or ≥ k_closest: "
+                                           "no k-means, the k_closest words themselves",
+                            "ignore_special_tokens": "skip vocabulary words with characters outside a-z "
+                                                     "(spaces, hyphens, digits), as the reference does",
+                            "kmeans_runs": "k-means++ restarts (sklearn's n_init: 1 in sklearn ≥ 1.4, 10 before)",
+                            "train": "parameters: x (cross-attention: objects, artists) or u (the rest: nudity)",
+                            "exact_search_gradient": "eraselab option: the π search also differentiates the "
+                                                     "frozen model's prediction (reference: θ's only)",
+                            "in_bin_timestep": "eraselab option: train at a timestep of the rolled-out latent's "
+                                               "own noise level (reference: CompVis pairing, ~2 DDIM steps off)",
+                            "exclude_targets": "eraselab option: drop the targets (and miniworld synonyms) from "
+                                               "the candidates (reference: the target stays a candidate)"}
 
     def validate(self) -> None:
-        positive(self, "iterations", "lr", "pi_lr", "tau", "ddim_steps", "k_closest", "num_centers")
+        positive(self, "iterations", "lr", "pi_lr", "tau", "ddim_steps", "k_closest", "kmeans_runs")
         non_negative(self, "preserve_weight")
         one_of(self, "train", ("x", "u"))
+
+
+@dataclass
+class Pool:
+    """One target's candidate concepts, their encodings (n, tokens, d) and its logits π."""
+
+    names: list[str]
+    embeddings: torch.Tensor
+    distances: list[float]
+    logits: torch.Tensor
 
 
 @register
@@ -91,80 +135,122 @@ class AP(Eraser):
         try:
             encode = PromptEncoder(pipe)
             scan_started = time.perf_counter()
-            names, embeddings, distances = self.candidates(pipe, encode, request, cfg)
+            pools = self.pools(pipe, encode, request, cfg, session.device)
             scan_seconds = round(time.perf_counter() - scan_started, 3)
             conds = dict(zip(request.targets, encode([concept_prompt(pipe, t) for t in request.targets])))
             uncond = encode([""])[0]
-            logits = torch.zeros(len(names), device=session.device, requires_grad=True)
-            pi_optimizer = torch.optim.Adam([logits], lr=cfg.pi_lr)
+            pi_optimizer = torch.optim.Adam([p.logits for p in pools.values()], lr=cfg.pi_lr)
             schedule = NoiseSchedule.from_pipe(pipe, cfg.ddim_steps)
             mode, top_k = self.search_mode(cfg)
             picks, search_losses = Counter(), []
             with progress_bar(2 * cfg.iterations, self.name, request.progress) as advance:
                 for step in range(2 * cfg.iterations):
-                    cond = conds[session.choice(request.targets)]
+                    target = session.choice(request.targets)
+                    cond, pool = conds[target], pools[target]
                     # One concept sample per step, used for the rollout and the loss alike; differentiable in π
                     # on search steps.
                     search = step % 2 == 1
-                    weights = concept_weights(logits if search else logits.detach(), cfg.tau, mode, top_k,
-                                              session.generator)
-                    adv = mix(weights.detach(), embeddings)
-                    z, z_a, t = self.rollouts(session, schedule, pipe, cond, uncond, adv, cfg)
+                    weights = concept_weights(pool.logits if search else pool.logits.detach(), cfg.tau, mode,
+                                              top_k, session.generator)
+                    adv = mix(weights.detach(), pool.embeddings)
+                    stop, t, t_x0 = self.sample_timesteps(schedule, session.generator, cfg)
+                    z, z_a = self.rollouts(session, schedule, pipe, cond, uncond, adv, stop, cfg)
                     if not search:
-                        advance(self.model_step(session, schedule, z, z_a, t, cond, uncond, adv, cfg))
+                        advance(self.model_step(session, schedule, z, z_a, t, t_x0, cond, uncond, adv, cfg))
                         continue
-                    loss_fn = functools.partial(self.preservation, session, schedule, z_a, t)
-                    pick, value = search_step(logits, pi_optimizer, embeddings, loss_fn, weights)
-                    picks[names[pick]] += 1
+                    loss_fn = functools.partial(self.search_objective, session, schedule, z, z_a, t, t_x0, cond,
+                                                uncond, cfg)
+                    pick, value = search_step(pool.logits, pi_optimizer, pool.embeddings, loss_fn, weights)
+                    picks[f"{target}: {pool.names[pick]}" if len(pools) > 1 else pool.names[pick]] += 1
                     search_losses.append(value)
                     advance(value)
         except BaseException:
             session.restore()
             raise
-        extras = {"parameter_group": cfg.train, "candidate_search_seconds": scan_seconds, "candidates": [{"concept": n, "distance": round(d, 4)}
-                                                               for n, d in zip(names, distances)],
-                  "adversarial_concepts": ranking(logits, names),
+        extras = {"parameter_group": cfg.train, "candidate_search_seconds": scan_seconds,
+                  "candidates": [{"target": t, "concept": n, "distance": round(d, 4)}
+                                 for t, p in pools.items() for n, d in zip(p.names, p.distances)],
+                  "adversarial_concepts": [{"target": t, **r} for t, p in pools.items()
+                                           for r in ranking(p.logits, p.names)],
                   "adversarial_picks": dict(picks.most_common()),
                   "search_loss_curve": loss_summary(search_losses).get("loss_curve", [])}
         return session.finish(self.name, cfg.as_dict(), request.targets, request.preserve, extras=extras)
 
-    def candidates(self, pipe, encode, request, cfg):
+    def pools(self, pipe, encode, request, cfg, device) -> dict[str, Pool]:
+        """Each target's own candidate set (the reference keeps one set and one π per erased word)."""
         words = load_vocabulary(cfg.vocabulary, pipe)
-        exclude = list(request.targets)
-        if is_miniworld(pipe):
-            from ..miniworld.world import WORLD
+        exclude = []
+        if cfg.exclude_targets:
+            exclude = list(request.targets)
+            if is_miniworld(pipe):
+                from ..miniworld.world import WORLD
 
-            exclude += [n for t in request.targets if t in WORLD.concepts for n in WORLD.names(t)]
-        names, emb, dist = candidate_concepts(encode, request.targets, words, cfg.k_closest, cfg.num_centers,
-                                              exclude=exclude)
-        extra = [p for p in request.preserve if p not in names]
-        if extra:
-            names, emb = names + extra, torch.cat([emb, encode(extra)])
-            dist = dist + [float("nan")] * len(extra)
-        return names, emb, dist
+                exclude += [n for t in request.targets if t in WORLD.concepts for n in WORLD.names(t)]
+        pools = {}
+        for target in request.targets:
+            names, emb, dist = candidate_concepts(encode, target, words, cfg.k_closest, cfg.num_centers,
+                                                  cfg.ignore_special_tokens, cfg.kmeans_runs, exclude=exclude)
+            extra = [p for p in request.preserve if p not in names]
+            if extra:
+                names, emb = names + extra, torch.cat([emb, encode(extra)])
+                dist = dist + [float("nan")] * len(extra)
+            # Uniform start, as the reference's 1/n (the softmax does not see the constant).
+            logits = torch.zeros(len(names), device=device, requires_grad=True)
+            pools[target] = Pool(names, emb, dist, logits)
+        return pools
+
+    # ---- one step's pieces ----------------------------------------------------------------------------------
+    @staticmethod
+    def sample_timesteps(schedule: NoiseSchedule, generator: torch.Generator, cfg) -> tuple[int, int, int]:
+        """(DDIM steps to roll out, the UNet's training timestep, the timestep whose ᾱ forms x̂₀).
+
+        Reference pairing: s uniform in [0, S); the CompVis sampler's `till_T=s` stops after S + 1 − s steps
+        from t = T (all S for s ≤ 1); the UNet gets t ~ U[round(s·T/S), round((s+1)·T/S)); x̂₀ uses ᾱ of the
+        s-th DDIM timestep counted from t = 0. in_bin_timestep: the rolled-out latent's own bin and its t."""
+        if cfg.in_bin_timestep:
+            stop, t = schedule.sample_step_and_timestep(generator)
+            return stop, t, t
+        steps, train_steps = len(schedule.timesteps), len(schedule.alphas_cumprod)
+        s = int(torch.randint(steps, (1,), generator=generator))
+        lo, hi = round(s / steps * train_steps), round((s + 1) / steps * train_steps)
+        t = int(torch.randint(lo, hi, (1,), generator=generator))
+        return min(steps, steps + 1 - s), t, int(schedule.timesteps.flip(0)[s])
 
     @staticmethod
-    def rollouts(session, schedule, pipe, cond, uncond, adv, cfg):
+    def rollouts(session, schedule, pipe, cond, uncond, adv, stop, cfg):
         """z (conditioned on c) and z_a (on c_a) from one shared noise, in one batched rollout with θ."""
-        stop, t = schedule.sample_step_and_timestep(session.generator)
         noise = session.randn(latent_shape(pipe)).expand(2, -1, -1, -1)
         z = ddim_rollout(session.unet, schedule, noise, torch.stack([cond, adv.detach()]), uncond, stop,
                          cfg.rollout_guidance)
-        return z[:1], z[1:], t
+        return z[:1], z[1:]
 
-    def model_step(self, session, schedule, z, z_a, t, cond, uncond, adv, cfg) -> float:
+    @staticmethod
+    def x0(schedule: NoiseSchedule, out: torch.Tensor, z: torch.Tensor, t, t_x0) -> torch.Tensor:
+        """x̂₀ = (z − √(1−ᾱ) ε) / √ᾱ with ε from the prediction at timestep t and ᾱ of timestep t_x0."""
+        a = _bcast(schedule.alpha(t_x0), z)
+        return (z - (1 - a).sqrt() * schedule.to_eps(out, z, t)) / a.sqrt()
+
+    def model_step(self, session, schedule, z, z_a, t, t_x0, cond, uncond, adv, cfg) -> float:
         anchor = self.anchor(uncond, adv.detach())
         with torch.no_grad():
             frozen = session.frozen_out(torch.cat([z, z, z_a]), t, torch.stack([anchor, cond, adv]))
-            x0_anchor, x0_cond, x0_adv = schedule.x0(frozen, torch.cat([z, z, z_a]), t).chunk(3)
+            x0_anchor, x0_cond, x0_adv = self.x0(schedule, frozen, torch.cat([z, z, z_a]), t, t_x0).chunk(3)
         target = x0_anchor - cfg.negative_guidance * (x0_cond - x0_anchor)
         pred = session.trained_out(torch.cat([z, z_a]), t, torch.stack([cond, adv]))
-        x0_pred, x0_pred_adv = schedule.x0(pred, torch.cat([z, z_a]), t).chunk(2)
+        x0_pred, x0_pred_adv = self.x0(schedule, pred, torch.cat([z, z_a]), t, t_x0).chunk(2)
         loss = F.mse_loss(x0_pred, target) + self.preserve_weight(cfg) * F.mse_loss(x0_pred_adv, x0_adv)
         return session.step(loss)
 
-    @staticmethod
-    def preservation(session, schedule, z_a, t, adv) -> torch.Tensor:
-        """‖x̂₀_θ(z_a, c_a) − x̂₀*(z_a, c_a)‖², differentiable in c_a."""
-        trained, frozen = session.trained_out(z_a, t, adv), session.frozen_out(z_a, t, adv)
-        return F.mse_loss(schedule.x0(trained, z_a, t), schedule.x0(frozen, z_a, t))
+    def search_objective(self, session, schedule, z, z_a, t, t_x0, cond, uncond, cfg, adv) -> torch.Tensor:
+        """What π ascends, differentiable in c_a: AP's preservation loss (AGE adds its constant erase term)."""
+        return self.preserve_weight(cfg) * self.preservation(session, schedule, z_a, t, t_x0, adv, cfg)
+
+    def preservation(self, session, schedule, z_a, t, t_x0, adv, cfg) -> torch.Tensor:
+        """‖x̂₀_θ(z_a, c_a) − x̂₀*(z_a, c_a)‖²; x̂₀* is a constant unless exact_search_gradient."""
+        trained = session.trained_out(z_a, t, adv)
+        if cfg.exact_search_gradient:
+            frozen = session.frozen_out(z_a, t, adv)
+        else:
+            with torch.no_grad():
+                frozen = session.frozen_out(z_a, t, adv)
+        return F.mse_loss(self.x0(schedule, trained, z_a, t, t_x0), self.x0(schedule, frozen, z_a, t, t_x0))
