@@ -7,7 +7,6 @@ places the bare word far from every caption it was trained on (measured, 32 seed
 """
 from __future__ import annotations
 
-import time
 
 from .base import Eraser, EraseRequest, MethodConfig
 from .inference import guidance_edit
@@ -23,7 +22,5 @@ class NegativePrompt(Eraser):
     needs_cross_attention = False
 
     def erase(self, pipe, request: EraseRequest):
-        started = time.perf_counter()
-        return guidance_edit(pipe, self.name, request, {"kind": "negative_prompt",
-                                                        "negative_prompt": ", ".join(
-                                                            concept_prompt(pipe, t) for t in request.targets)}, started)
+        negative = ", ".join(concept_prompt(pipe, t) for t in request.targets)
+        return guidance_edit(pipe, self.name, request, {"kind": "negative_prompt", "negative_prompt": negative})

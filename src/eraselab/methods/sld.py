@@ -21,7 +21,6 @@ warm-up) gives 0.09, with stars 0.75 → 0.81.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -120,8 +119,7 @@ class SLD(Eraser):
     needs_cross_attention = False
 
     def erase(self, pipe, request: EraseRequest):
-        started = time.perf_counter()
         cfg: SLDConfig = request.config
         spec = {"kind": SafeLatentGuidance.kind, "concept": ", ".join(request.targets),
                 "strength": cfg.strength, "params": dict(STRENGTHS[cfg.strength])}
-        return guidance_edit(pipe, self.name, request, spec, started)
+        return guidance_edit(pipe, self.name, request, spec)
