@@ -1,6 +1,10 @@
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a failed hub look-up costs ~30 s each
+if "ERASELAB_CACHE" not in os.environ:  # the tests' encoding caches stay out of the user's ~/.cache
+    import tempfile
+
+    os.environ["ERASELAB_CACHE"] = tempfile.mkdtemp(prefix="eraselab-test-cache-")
 
 import pytest  # noqa: E402
 

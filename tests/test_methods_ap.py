@@ -106,3 +106,29 @@ def test_end_to_end_on_a_tiny_model(tiny_pipe_factory, tmp_path, method, extra):
     assert edit.tensors and all(in_group(n.removeprefix("unet."), "x") for n in edit.tensors)
     assert compute_fingerprint(pipe) == fp
     assert len(edit.extras["loss_curve"]) == 3 and len(edit.extras["search_loss_curve"]) == 3
+
+
+def test_a_second_search_on_the_same_model_reads_the_vocabulary_encodings_from_the_cache(tiny_pipe_factory,
+                                                                                        monkeypatch, tmp_path):
+    from eraselab.methods.text import PromptEncoder
+    from eraselab.methods.vocabulary import candidate_concepts, en3k
+
+    monkeypatch.setenv("ERASELAB_CACHE", str(tmp_path))
+    pipe = tiny_pipe_factory(0)
+    words = list(en3k()[:300])
+    encoded = []
+    real = PromptEncoder.encode_uncached
+
+    def counting(self, prompts):
+        encoded.extend(prompts)
+        return real(self, prompts)
+
+    monkeypatch.setattr(PromptEncoder, "encode_uncached", counting)
+    first = candidate_concepts(PromptEncoder(pipe), "circle", words, 40, 8)
+    assert len(encoded) == len(words)
+    second = candidate_concepts(PromptEncoder(pipe), "circle", words, 40, 8)
+    assert len(encoded) == len(words)  # nothing encoded again
+    assert first[0] == second[0] and torch.equal(first[1], second[1]) and first[2] == second[2]
+    assert len(list((tmp_path / "encodings").glob("*.npy"))) == 1
+    other = candidate_concepts(PromptEncoder(tiny_pipe_factory(1)), "circle", words, 40, 8)  # another model
+    assert len(encoded) == 2 * len(words) and other[2] != first[2]

@@ -12,7 +12,12 @@ class PromptEncoder:
     """
 
     def __init__(self, pipe, batch_size: int = 64):
+        from .. import edits
+        from ..models import fingerprint
+
         self.tokenizer, self.text_encoder = pipe.tokenizer, pipe.text_encoder
+        # Names the encoder's weights for caches (None while an edit is applied: the weights are not the base's).
+        self.model_fingerprint = fingerprint(pipe) if edits.applied_edit(pipe) is None else None
         self.device = pipe.text_encoder.device
         self.batch_size = batch_size
         self._cache: dict[str, torch.Tensor] = {}

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import EraseLabError
 from ..models import MINIWORLD, model_source, package_path
+from .encoding_cache import vocabulary_encodings
 
 VOCABULARIES = ("auto", "en3k", "clip", "imagenet", "miniworld")
 
@@ -87,6 +88,10 @@ def load_vocabulary(name: str, pipe) -> list[str]:
     return words
 
 
+# Vocabularies whose encodings fit in this are cached on disk (3,000 words on SD 1.x: 0.7 GB).
+MAX_CACHED_BYTES = 2 * 2 ** 30
+
+
 def candidate_concepts(encoder, target: str, words, k_closest: int, num_centers: int, ignore_special: bool = True,
                        kmeans_runs: int = 1, exclude=()):
     """(candidate words, their encodings (n, tokens, d), their L2 distances) for one target, chosen as the
@@ -100,11 +105,17 @@ def candidate_concepts(encoder, target: str, words, k_closest: int, num_centers:
         raise EraseLabError("the vocabulary has no word besides the targets; pass another vocabulary")
     target_h = encoder([target])[0]
     sims = torch.empty(len(words))
-    # Chunks keep memory flat for the 49k-token CLIP vocabulary; encodings are recomputed for the winners only.
     chunk = 256
-    for i in range(0, len(words), chunk):
-        h = encoder.encode_uncached(words[i:i + chunk])
-        sims[i:i + chunk] = reference_similarities(target_h, h).cpu()
+    if len(words) * target_h.numel() * 4 <= MAX_CACHED_BYTES:
+        # Cached on disk by model and word list: a second erase on the same model skips the encoding.
+        every = vocabulary_encodings(encoder, words, getattr(encoder, "model_fingerprint", None), chunk)
+        for i in range(0, len(words), chunk):
+            sims[i:i + chunk] = reference_similarities(target_h, every[i:i + chunk].to(target_h.device)).cpu()
+    else:
+        # Chunks keep memory flat for the 49k-token CLIP vocabulary (~12 GB of encodings on SD, not cached).
+        for i in range(0, len(words), chunk):
+            h = encoder.encode_uncached(words[i:i + chunk])
+            sims[i:i + chunk] = reference_similarities(target_h, h).cpu()
     picked = reference_candidates(sims, words, k_closest, num_centers, ignore_special, kmeans_runs)
     chosen = [words[i] for i in picked]
     return chosen, encoder(chosen), [-float(sims[i]) for i in picked]
