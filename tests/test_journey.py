@@ -161,9 +161,12 @@ def test_erase_time_leaves_out_fingerprinting_and_is_zero_for_inference_time_met
         assert eraselab.erase(tiny_pipe, method, ["circle"], progress=False).seconds == 0.0
 
 
-def test_a_preset_tuned_for_another_model_family_warns_once(tiny_pipe_factory):
+def test_a_preset_tuned_for_another_model_family_warns_once(tiny_pipe_factory, monkeypatch):
+    import eraselab.errors
     from eraselab.errors import EraseLabWarning
     from eraselab.methods import build_request
+
+    monkeypatch.setattr(eraselab.errors, "_warned", set())  # other tests may have said it in this process
 
     pipe = tiny_pipe_factory(0)  # a tiny UNet: preset auto is miniworld
     with pytest.warns(EraseLabWarning, match="preset sd was tuned for Stable Diffusion"):
