@@ -13,7 +13,7 @@ asked for; see eraselab.methods.rece.best_epoch).
 """
 import pytest
 import torch
-from test_fidelity_uce import TOL, delta_difference, encode, outer_sums, paper_edit, projection_names, worst
+from test_fidelity_uce import TOL, delta_difference, edit_layer, encode, paper_edit, projection_names, worst
 
 import eraselab
 
@@ -32,22 +32,10 @@ def close_form_emb_regzero(current, base, names, concept_embedding, regular_scal
 
 def edit_model_adversarial(current, names, old_embeddings, new_embeddings, retained, lamb, erase_scale,
                            preserve_scale):
-    """One re-edit of the current weights: the adversarial rows onto the guide rows, the retained texts kept."""
-    out = {}
-    for n in names:
-        w = current[n]
-        mat1 = lamb * w
-        mat2 = lamb * torch.eye(w.shape[1], dtype=torch.float64)
-        for old_emb, new_emb in zip(old_embeddings, new_embeddings):
-            a, b = outer_sums(new_emb @ w.T, old_emb)  # 'replace', values from the current (unreplaced) layer
-            mat1 = mat1 + erase_scale * a
-            mat2 = mat2 + erase_scale * b
-        for context, new_emb in retained:
-            a, b = outer_sums(new_emb @ w.T, context)
-            mat1 = mat1 + preserve_scale * a
-            mat2 = mat2 + preserve_scale * b
-        out[n] = mat1 @ torch.inverse(mat2)
-    return out
+    """One re-edit of the current weights: the adversarial rows onto the guide rows, the retained texts kept
+    (values from the current, not yet replaced layer)."""
+    pairs = list(zip(old_embeddings, new_embeddings))
+    return {n: edit_layer(current[n], pairs, retained, lamb, erase_scale, preserve_scale) for n in names}
 
 
 def official_rece(pipe, concepts, guide, preserve, epochs, script="train.py"):

@@ -83,20 +83,25 @@ def paper_edit(pipe, concepts, guides, preserve, lamb=0.5, erase_scale=1.0, pres
     for text in retain_texts:
         emb, _ = encode(pipe, [text, text])
         retained.append((emb[0], emb[1]))  # all 77 rows
-    out = {}
-    for layer_num, w in enumerate(old):
-        mat1 = lamb * w
-        mat2 = lamb * torch.eye(w.shape[1], dtype=torch.float64)
-        for old_emb, new_emb in erase_pairs:
-            a, b = outer_sums(new_emb @ w.T, old_emb)  # 'replace': v* = W_old c_guide
-            mat1 = mat1 + erase_scale * a
-            mat2 = mat2 + erase_scale * b
-        for context, new_emb in retained:
-            a, b = outer_sums(new_emb @ w.T, context)
-            mat1 = mat1 + preserve_scale * a
-            mat2 = mat2 + preserve_scale * b
-        out[names[layer_num]] = mat1 @ torch.inverse(mat2)
-    return out
+    return {names[i]: edit_layer(w, erase_pairs, retained, lamb, erase_scale, preserve_scale)
+            for i, w in enumerate(old)}
+
+
+def edit_layer(w, erase_pairs, retained, lamb, erase_scale, preserve_scale):
+    """edit_model's solve for one projection W (RECE's erase_methods/uce.py repeats it on the edited weights):
+    mat1 = λW + s_e Σ v* cᵀ + s_p Σ W c cᵀ, mat2 = λI + s_e Σ c cᵀ + s_p Σ c cᵀ, W_new = mat1 inverse(mat2),
+    with technique 'replace' (v* = W c_guide)."""
+    mat1 = lamb * w
+    mat2 = lamb * torch.eye(w.shape[1], dtype=torch.float64)
+    for old_emb, new_emb in erase_pairs:
+        a, b = outer_sums(new_emb @ w.T, old_emb)
+        mat1 = mat1 + erase_scale * a
+        mat2 = mat2 + erase_scale * b
+    for context, new_emb in retained:
+        a, b = outer_sums(new_emb @ w.T, context)
+        mat1 = mat1 + preserve_scale * a
+        mat2 = mat2 + preserve_scale * b
+    return mat1 @ torch.inverse(mat2)
 
 
 def current_edit(pipe, edit_concepts, guide_concepts, preserve_concepts, erase_scale=1.0, preserve_scale=1.0,
