@@ -50,7 +50,8 @@ class AGEConfig(APConfig):
                 "ignore_special_tokens": True, "pi_lr": 1e-3}),
     )
     # Preserving the searched concept as well as the neighbours pulls harder against the erasure than in AP.
-    miniworld: ClassVar[dict] = {**APConfig.miniworld, "lr": 4e-4}
+    # AGE erases on miniworld with the reference's timestep pairing (unlike AP): only the step size changes.
+    miniworld: ClassVar[dict] = {**APConfig.miniworld, "lr": 4e-4, "in_bin_timestep": False}
 
     help: ClassVar[dict] = {**APConfig.help,
                             "mode": "hard (one-hot concept) or topk (renormalised mixture of the top_k)",
