@@ -5,8 +5,8 @@ core on a 2-core machine spin against each other and every one runs 10–15× sl
 - the CPUs this process may use are its affinity set (taskset, cgroups via sched_getaffinity), not the machine's;
 - every eraselab command registers itself in a per-user folder of live jobs, and takes its share of those CPUs:
   max(1, cpus // live jobs), counting itself;
-- idle OpenMP threads sleep instead of spinning (OMP_WAIT_POLICY=PASSIVE), so an oversubscribed moment costs
-  little;
+- idle OpenMP threads keep their default (spinning) wait: OMP_WAIT_POLICY=PASSIVE made a lone miniworld ESD
+  run 3× slower (benchmarks/RESULTS.md), so the cure for oversubscription is fewer threads, not sleeping ones;
 - `eraselab --threads N` or ERASELAB_THREADS=N overrides the share; an OMP_NUM_THREADS the user set is respected.
 It must run before torch is imported (OpenMP reads its environment once), which the CLI does first thing.
 """
@@ -104,7 +104,6 @@ def apply_thread_policy(requested: int | None = None) -> int:
             torch.set_num_threads(requested)
         return torch.get_num_threads()
     register_job()
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if requested is None and os.environ.get("OMP_NUM_THREADS"):
         return parse_threads(os.environ["OMP_NUM_THREADS"]) or 1
     threads = choose_threads(requested)
