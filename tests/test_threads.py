@@ -40,3 +40,27 @@ def test_a_cli_job_sets_openmp_threads_before_torch_loads():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stderr.strip().splitlines()[-1] == "1 1"
+
+
+def test_a_running_job_takes_its_share_again_when_others_start(tmp_path, monkeypatch):
+    import torch
+
+    import eraselab.threads as threads
+
+    monkeypatch.setattr(threads, "registry_folder", lambda: tmp_path)
+    monkeypatch.setattr(threads, "_state", {"shared": True, "checked": 0.0})
+    register_job(tmp_path)
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    before = torch.get_num_threads()
+    try:
+        (tmp_path / f"{sleeper.pid}.job").touch()
+        torch.set_num_threads(usable_cpus())
+        threads.rebalance_threads()
+        assert torch.get_num_threads() == max(1, usable_cpus() // 2)
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        torch.set_num_threads(before)
+    monkeypatch.setattr(threads, "_state", {"shared": False, "checked": 0.0})
+    threads.rebalance_threads()  # a count the user or host chose is left alone
+    assert torch.get_num_threads() == before

@@ -39,6 +39,7 @@ from .probes import Probe
 from .provenance import library_versions, sha256_hex, stable_json
 from .samplers import make_scheduler, sampler_config, step_kwargs
 from .store import RunStore, producer_info
+from .threads import rebalance_threads
 
 # Rows per network call ("lanes"). They decide the floating-point result, so they are never derived from free
 # memory or the batch size, only from the model and image size, and they enter the image key. A lane holds about
@@ -498,6 +499,7 @@ def _generate_missing(pipe, work: _Batch, store: RunStore, edit_to_apply, guidan
     try:
         with bar:
             for batch in _batches(pipe, work, guidance, batch_size, make_key):
+                rebalance_threads()
                 for hook in hooks:
                     if hasattr(hook, "on_batch_start"):
                         hook.on_batch_start(pipe, batch.probes)

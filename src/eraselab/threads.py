@@ -109,4 +109,26 @@ def apply_thread_policy(requested: int | None = None) -> int:
     threads = choose_threads(requested)
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(threads)
+    _state["shared"] = requested is None  # the share follows the other jobs (rebalance_threads)
     return threads
+
+
+_state = {"shared": False, "checked": 0.0}
+REBALANCE_EVERY_S = 5.0
+
+
+def rebalance_threads() -> None:
+    """Re-take this job's share when other eraselab jobs started or ended since (at most every few seconds):
+    jobs started together each saw fewer neighbours than there are. Called from the long loops (training
+    steps, generation batches); a no-op unless the CLI's policy chose the count."""
+    import time
+
+    now = time.monotonic()
+    if not _state["shared"] or now - _state["checked"] < REBALANCE_EVERY_S:
+        return
+    _state["checked"] = now
+    import torch
+
+    threads = choose_threads()
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)

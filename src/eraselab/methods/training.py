@@ -11,6 +11,7 @@ import torch
 
 from .. import edits
 from ..errors import EraseLabError
+from ..threads import rebalance_threads
 from .diffusion import unet_out
 from .params import parameter_group, unet_prefixed
 
@@ -83,6 +84,7 @@ class TrainingSession:
 
     # ---- optimisation ---------------------------------------------------------------------------------------
     def step(self, loss: torch.Tensor) -> float:
+        rebalance_threads()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.max_grad_norm > 0:
