@@ -24,7 +24,8 @@ def test_ctrl_c_exits_130_with_the_resume_message(monkeypatch, capsys):
 def test_results_hash_ignores_every_measured_duration():
     def results(erase_s, search_s):
         return {"targets": ["circle"], "methods": {
-            "ap": {"seconds": erase_s, "extras": {"candidate_search_seconds": search_s, "candidates": ["star"]},
+            "ap": {"seconds": erase_s,
+                   "extras": {"candidate_search_seconds": search_s, "candidates": ["star"]},
                    "metrics": {"target": 0.1}}}}
 
     assert results_hash(results(1.0, 2.0)) == results_hash(results(3.5, 9.25))
@@ -80,8 +81,8 @@ def test_methods_listing_is_not_truncated_when_piped(capsys):
     ("seconds", "fast", "field 'seconds' must be int or float"),
     ("extras", None, None),  # an optional field may be null
 ])
-def test_edit_json_of_another_version_or_with_wrong_types_is_refused(tiny_pipe_factory, tmp_path, field, value,
-                                                                     message):
+def test_edit_json_of_another_version_or_with_wrong_types_is_refused(tiny_pipe_factory, tmp_path, field,
+                                                                     value, message):
     import json
 
     import eraselab
@@ -203,8 +204,9 @@ def test_a_full_output_device_is_a_one_line_error_not_a_traceback():
     if not os.path.exists("/dev/full"):
         pytest.skip("no /dev/full on this system")
     with open("/dev/full", "w") as full:
-        done = subprocess.run([sys.executable, "-m", "eraselab.cli", "methods"], stdout=full, stderr=subprocess.PIPE,
-                              text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+        done = subprocess.run([sys.executable, "-m", "eraselab.cli", "methods"], stdout=full,
+                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                              timeout=120)
     assert done.returncode == 1
     assert done.stderr.startswith("error: cannot write the output") and "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1

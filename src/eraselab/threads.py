@@ -1,13 +1,17 @@
 """How many CPU threads an eraselab process uses, so that parallel jobs on one machine do not collapse.
 
-torch's OpenMP threads busy-wait between parallel regions; two or three processes that each start one thread per
-core on a 2-core machine spin against each other and every one runs 10–15× slower than alone. The policy:
-- the CPUs this process may use are its affinity set (taskset, cgroups via sched_getaffinity), not the machine's;
-- every eraselab command registers itself in a per-user folder of live jobs, and takes its share of those CPUs:
-  max(1, cpus // live jobs), counting itself;
-- idle OpenMP threads keep their default (spinning) wait: OMP_WAIT_POLICY=PASSIVE made a lone miniworld ESD
-  run 3× slower (benchmarks/RESULTS.md), so the cure for oversubscription is fewer threads, not sleeping ones;
-- `eraselab --threads N` or ERASELAB_THREADS=N overrides the share; an OMP_NUM_THREADS the user set is respected.
+torch's OpenMP threads busy-wait between parallel regions; two or three processes that each start one
+thread per core on a 2-core machine spin against each other, and every one runs 10–15× slower than alone.
+The policy:
+- the CPUs this process may use are its affinity set (taskset, cgroups via sched_getaffinity), not the
+  machine's;
+- every eraselab command registers itself in a per-user folder of live jobs and takes its share of those
+  CPUs, max(1, cpus // live jobs), counting itself; long loops re-take it as jobs come and go;
+- idle OpenMP threads keep their default (spinning) wait: OMP_WAIT_POLICY=PASSIVE made a lone miniworld
+  ESD run 3× slower (benchmarks/RESULTS.md), so the cure for oversubscription is fewer threads, not
+  sleeping ones;
+- `eraselab --threads N` or ERASELAB_THREADS=N overrides the share; an OMP_NUM_THREADS the user set is
+  respected.
 It must run before torch is imported (OpenMP reads its environment once), which the CLI does first thing.
 """
 from __future__ import annotations
@@ -92,9 +96,9 @@ def choose_threads(requested: int | None = None, folder: Path | None = None) -> 
 
 
 def apply_thread_policy(requested: int | None = None) -> int:
-    """Register this job and set the thread count for torch/OpenMP/MKL through the environment, before torch is
-    imported. A host that imported torch already (a notebook, the test suite) keeps its own setting. Returns the
-    count in force."""
+    """Register this job and set the thread count for torch/OpenMP/MKL through the environment, before torch
+    is imported. A host that imported torch already (a notebook, the test suite) keeps its own setting.
+    Returns the count in force."""
     import sys
 
     requested = requested if requested is not None else parse_threads(os.environ.get(ENV_THREADS))

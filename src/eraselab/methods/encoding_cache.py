@@ -1,11 +1,12 @@
-"""Text encodings of a whole vocabulary, cached on disk by model and vocabulary (AP/AGE's candidate search).
+"""Text encodings of a whole vocabulary, cached on disk by model and word list (AP/AGE's candidate search).
 
-AP and AGE encode every vocabulary word through the text encoder on each erase (3,000 words: minutes on a CPU),
-although the encodings depend only on the text encoder and the word list. They are stored once as a float32
-.npy file named by sha256(model fingerprint, tokenizer length, the words), written to a temporary file and
-renamed, so runs and processes can share the folder: a reader sees a complete file or none, and two writers
-write the same bytes. The folder is $ERASELAB_CACHE/encodings (default ~/.cache/eraselab/encodings); the values are
-exactly what the encoder computes (same chunks as without the cache), so a cached search picks the same words.
+AP and AGE encode every vocabulary word through the text encoder on each erase (3,000 words: minutes on a
+CPU), although the encodings depend only on the text encoder and the word list. They are stored once as a
+float32 .npy file named by sha256(model fingerprint, tokenizer length, the words), written to a temporary
+file and renamed, so runs and processes can share the folder: a reader sees a complete file or none, and two
+writers write the same bytes. The folder is $ERASELAB_CACHE/encodings (default ~/.cache/eraselab/encodings);
+the values are exactly what the encoder computes (same chunks as without the cache), so a cached search
+picks the same words.
 """
 from __future__ import annotations
 
