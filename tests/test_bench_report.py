@@ -136,3 +136,25 @@ def test_report_renders_in_headless_browser(bench_run, tmp_path):
 
     out, _ = bench_run
     check_in_browser(write_report(out), tmp_path, methods=1)
+
+
+@pytest.mark.slow
+def test_two_identical_runs_with_every_method_have_equal_results_hashes(tiny_model_dir, tmp_path):
+    """Measured durations (erase seconds, AP's candidate-search seconds) stay out of the hash: two runs of the same
+    bench with every method, in two folders, agree."""
+    from eraselab.methods import method_names
+
+    words = tmp_path / "words.txt"
+    words.write_text("\n".join(["apple", "house", "river", "cloud", "table", "horse", "bread", "stone"]))
+    short = {"iterations": 2}
+    searched = {**short, "vocabulary": str(words), "k_closest": 6, "num_centers": 3}
+    config = {"esd-x": short, "esd-u": short, "esd-x-strict": short, "ap": searched, "age": searched,
+              "ca": {**short, "anchor": "vehicle", "anchor_images": 4, "captions": 4, "batch_size": 2,
+                     "sample_steps": 2}}
+    methods = tuple(method_names())
+    spec = _spec(tiny_model_dir, methods=methods, method_config={m: c for m, c in config.items() if m in methods},
+                 suites=("erasebench",), attention=False)
+    first = run_bench(spec, tmp_path / "a", say=lambda m: None, progress=False)
+    second = run_bench(spec, tmp_path / "b", say=lambda m: None, progress=False)
+    assert set(first["methods"]) == set(methods)
+    assert first["results_hash"] == second["results_hash"]
