@@ -97,7 +97,9 @@ def validate(spec: BenchSpec) -> None:
         raise EraseLabError(f"--batch-size must be a positive integer, got {spec.batch_size}; omit it to choose "
                             "automatically")
     for method in spec.methods:
-        build_request(method, spec.targets, spec.preserve, pipe=None, **spec.method_config.get(method, {}))
+        eraser_cls, request = build_request(method, spec.targets, spec.preserve, pipe=None,
+                                            **spec.method_config.get(method, {}))
+        eraser_cls.check_model(request, spec.model)
     for suite in spec.suites:
         get_suite(suite, **spec.suite_options.get(suite, {}))
     if spec.evaluator_name() not in evaluator_names():

@@ -245,3 +245,8 @@ class Eraser:
     def erase(self, pipe, request: EraseRequest):
         """Return an Edit; the pipeline's weights are left as they were."""
         raise NotImplementedError
+
+    @classmethod
+    def check_model(cls, request: EraseRequest, model: str) -> None:
+        """Refuse, before anything loads, a request that cannot work on the model named `model` (a name, not
+        a pipeline: bench calls this while validating). Methods override it; the default accepts."""

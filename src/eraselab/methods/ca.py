@@ -138,6 +138,14 @@ class CAConfig(MethodConfig):
         return self.lr * self.batch_size * (2.0 if self.prior_loss_weight > 0 else 1.0)
 
 
+def needs_named_anchor(anchor: str, concept_type: str, model: str) -> bool:
+    """Whether `anchor=auto` has nothing to resolve to: only miniworld's hierarchy (or a style's "painting")
+    supplies one."""
+    from ..models import MINIWORLD
+
+    return anchor == "auto" and concept_type != "style" and model != MINIWORLD
+
+
 def resolve_anchor(pipe, targets, anchor: str, concept_type: str = "object") -> str:
     if anchor != "auto":
         return anchor
@@ -371,6 +379,12 @@ class CA(Eraser):
     name = "ca"
     description = "concept ablation: fine-tune cross-attention so target prompts give what anchor prompts do"
     Config = CAConfig
+
+    @classmethod
+    def check_model(cls, request: EraseRequest, model: str) -> None:
+        if needs_named_anchor(request.config.anchor, request.config.concept_type, model):
+            raise EraseLabError(f"CA needs an anchor concept for {model}; pass --config ca.anchor=NAME (e.g. "
+                                "anchor=cat to erase 'grumpy cat')")
 
     def erase(self, pipe, request: EraseRequest):
         cfg: CAConfig = request.config
