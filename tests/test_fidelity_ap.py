@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_fidelity_esd import compvis_sample_till
 
 from eraselab.methods.adversarial import concept_weights, mix, search_step
 from eraselab.methods.ap import AP, APConfig
@@ -72,20 +73,8 @@ def ddim_grid(pipe):
 
 
 def official_rollout(unet, pipe, cond, uncond, code, till, scale=3.0):
-    """DDIMSampler.sample(..., till_T=till): DDIM from index S−1 down, breaking after index == till − 1."""
-    _, ts, a, a_prev = ddim_grid(pipe)
-    x = code
-    with torch.no_grad():
-        for index in reversed(range(S)):
-            t = torch.full((1,), int(ts[index]))
-            e_u, e_c = unet(torch.cat([x, x]), torch.cat([t, t]), encoder_hidden_states=torch.cat([uncond, cond])
-                            ).sample.chunk(2)
-            e = e_u + scale * (e_c - e_u)
-            x0 = (x - (1 - a[index]).sqrt() * e) / a[index].sqrt()
-            x = a_prev[index].sqrt() * x0 + (1 - a_prev[index]).sqrt() * e
-            if index + 1 == till:
-                break
-    return x
+    """DDIMSampler.sample(..., till_T=till): the same CompVis sampler loop ESD's reference re-derives."""
+    return compvis_sample_till(unet, pipe.scheduler.alphas_cumprod.float(), S, code, cond, uncond, scale, till)
 
 
 def gumbel(logits, u, tau, hard=True, k=None, eps=1e-10):

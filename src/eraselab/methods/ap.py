@@ -214,11 +214,8 @@ class AP(Eraser):
         if cfg.in_bin_timestep:
             stop, t = schedule.sample_step_and_timestep(generator)
             return stop, t, t
-        steps, train_steps = len(schedule.timesteps), len(schedule.alphas_cumprod)
-        s = int(torch.randint(steps, (1,), generator=generator))
-        lo, hi = round(s / steps * train_steps), round((s + 1) / steps * train_steps)
-        t = int(torch.randint(lo, hi, (1,), generator=generator))
-        return min(steps, steps + 1 - s), t, int(schedule.timesteps.flip(0)[s])
+        s, stop, t = schedule.compvis_draw(generator)
+        return stop, t, int(schedule.timesteps.flip(0)[s])
 
     @staticmethod
     def rollouts(session, schedule, pipe, cond, uncond, adv, stop, cfg):

@@ -66,12 +66,10 @@ class NoiseSchedule:
           own noise level.
         - "in-bin": i ~ U{0..S−1}, i steps, t ~ U(timesteps[i] − stride, timesteps[i]], the bin of training
           timesteps DDIM step i stands for (eraselab's own pairing: the latent's noise level, jittered)."""
-        steps = self.steps or len(self.timesteps)
         if pairing == "compvis":
-            t_enc = int(torch.randint(steps, (1,), generator=generator))
-            lo, hi = compvis_timestep_range(t_enc, steps, self.num_train_timesteps)
-            return min(steps + 1 - t_enc, steps), int(torch.randint(lo, hi, (1,), generator=generator))
-        i = int(torch.randint(steps, (1,), generator=generator))
+            _, stop, t = self.compvis_draw(generator)
+            return stop, t
+        i = int(torch.randint(self.steps or len(self.timesteps), (1,), generator=generator))
         if pairing == "exact":
             return i, int(self.timesteps[i])
         if pairing == "in-bin":
@@ -79,6 +77,14 @@ class NoiseSchedule:
             lo = max(hi - self.stride + 1, 0)
             return i, int(torch.randint(lo, hi + 1, (1,), generator=generator))
         raise EraseLabError(f"config timestep_pairing must be one of {', '.join(PAIRINGS)}, not {pairing!r}")
+
+    def compvis_draw(self, generator: torch.Generator) -> tuple[int, int, int]:
+        """(t_enc, rollout steps, training timestep) as the CompVis code draws them (see "compvis" above); AP
+        also needs t_enc itself, for the ᾱ its x̂₀ uses."""
+        steps = self.steps or len(self.timesteps)
+        t_enc = int(torch.randint(steps, (1,), generator=generator))
+        lo, hi = compvis_timestep_range(t_enc, steps, self.num_train_timesteps)
+        return t_enc, min(steps + 1 - t_enc, steps), int(torch.randint(lo, hi, (1,), generator=generator))
 
     # ---- conversions ----------------------------------------------------------------------------------------
     def to_eps(self, model_out: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
