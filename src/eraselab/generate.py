@@ -126,15 +126,13 @@ def lane_plan(pipe, probes: Sequence[Probe], guidance: Guidance, policy: str) ->
     depend on how many images were asked for together (the lane size is in every image key)."""
     if policy not in LANE_POLICIES:
         raise EraseLabError(f"lane policy must be one of {', '.join(LANE_POLICIES)}, not {policy!r}")
+    if policy == "fixed":  # nothing to plan: _KeyMaker.lanes falls back to lanes(pipe, h, w)
+        return {}
     rows: dict[tuple[int, int], int] = {}
-    seen = set()
-    for p in probes:
-        if p.generation_key() in seen:
-            continue
-        seen.add(p.generation_key())
+    for p in {p.generation_key(): p for p in probes}.values():
         size = resolved_size(pipe, p)
         rows[size] = rows.get(size, 0) + len(_branches(guidance, p))
-    return {size: lanes(pipe, *size, rows=n if policy == "fit" else None) for size, n in rows.items()}
+    return {size: lanes(pipe, *size, rows=n) for size, n in rows.items()}
 
 
 def resolved_size(pipe, probe: Probe) -> tuple[int, int]:

@@ -138,29 +138,31 @@ class CAConfig(MethodConfig):
         return self.lr * self.batch_size * (2.0 if self.prior_loss_weight > 0 else 1.0)
 
 
-def needs_named_anchor(anchor: str, concept_type: str, model: str) -> bool:
-    """Whether `anchor=auto` has nothing to resolve to: only miniworld's hierarchy (or a style's "painting")
-    supplies one."""
+def check_anchor(anchor: str, concept_type: str, model: str) -> None:
+    """Refuse `anchor=auto` where it has nothing to resolve to: only miniworld's hierarchy (or a style's
+    "painting") supplies one. `model` is the model's name (bench checks before loading it)."""
     from ..models import MINIWORLD
 
-    return anchor == "auto" and concept_type != "style" and model != MINIWORLD
+    if anchor == "auto" and concept_type != "style" and model != MINIWORLD:
+        raise EraseLabError(f"CA needs an anchor concept for {model}; pass --config anchor=NAME (e.g. "
+                            "anchor=cat to erase 'grumpy cat')")
 
 
 def resolve_anchor(pipe, targets, anchor: str, concept_type: str = "object") -> str:
+    from ..models import model_source
+
+    check_anchor(anchor, concept_type, model_source(pipe))
     if anchor != "auto":
         return anchor
     if concept_type == "style":
         return "painting"
-    if is_miniworld(pipe):
-        from ..miniworld.world import WORLD
+    from ..miniworld.world import WORLD
 
-        parents = {WORLD.parent(t) for t in targets if t in WORLD.concepts}
-        parents.discard(None)
-        if len(parents) == 1:
-            return parents.pop()
-        return WORLD.root
-    raise EraseLabError("CA needs an anchor concept the target should turn into; pass --config anchor=NAME "
-                        "(e.g. anchor=cat to erase 'grumpy cat')")
+    parents = {WORLD.parent(t) for t in targets if t in WORLD.concepts}
+    parents.discard(None)
+    if len(parents) == 1:
+        return parents.pop()
+    return WORLD.root
 
 
 # ---- captions ------------------------------------------------------------------------------------------
@@ -382,9 +384,7 @@ class CA(Eraser):
 
     @classmethod
     def check_model(cls, request: EraseRequest, model: str) -> None:
-        if needs_named_anchor(request.config.anchor, request.config.concept_type, model):
-            raise EraseLabError(f"CA needs an anchor concept for {model}; pass --config ca.anchor=NAME (e.g. "
-                                "anchor=cat to erase 'grumpy cat')")
+        check_anchor(request.config.anchor, request.config.concept_type, model)
 
     def erase(self, pipe, request: EraseRequest):
         cfg: CAConfig = request.config
