@@ -74,9 +74,8 @@ EVALUATOR_MODEL_OPTION = {"clip": "model", "vqa": "model", "imagenet": "classifi
 def validate(spec: BenchSpec) -> None:
     from .evaluators import evaluator_names
     from .methods import build_request
-    from .suites import get_suite
-
     from .models import resolve_model
+    from .suites import get_suite
 
     resolve_model(spec.model)  # a wrong model name fails here, before the evaluator or the model loads
     if not spec.methods:

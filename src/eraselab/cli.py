@@ -134,6 +134,8 @@ def show_warnings_as_one_line() -> None:
     from .errors import EraseLabWarning
 
     default = warnings.showwarning
+    if getattr(default, "eraselab_one_line", False):  # installed by an earlier main() in this process
+        return
 
     def show(message, category, filename, lineno, file=None, line=None):
         if issubclass(category, EraseLabWarning):
@@ -141,6 +143,7 @@ def show_warnings_as_one_line() -> None:
         else:
             default(message, category, filename, lineno, file, line)
 
+    show.eraselab_one_line = True
     warnings.showwarning = show
 
 
