@@ -73,12 +73,14 @@ def pixel_agreement(a: list[np.ndarray], b: list[np.ndarray]) -> dict:
 def pipeline_shaped_lanes_match(pipe, probes) -> dict:
     """With the engine's network calls shaped as the pipeline's (UNet on the 2-row CFG pair, text encoder and VAE
     on one row), its arithmetic should reproduce pipe(...) exactly."""
-    saved = engine.lanes
-    engine.lanes = lambda pipe_, h, w: engine.Lanes(unet=2, text=1, vae=1)
+    from eraselab.generation import keys  # the image keys (and so every call) take their lanes from here
+
+    saved = keys.lanes
+    keys.lanes = lambda pipe_, h, w: engine.Lanes(unet=2, text=1, vae=1)
     try:
         mine = ours(pipe, probes, batch_size=1)
     finally:
-        engine.lanes = saved
+        keys.lanes = saved
     return pixel_agreement(mine, naive(pipe, probes))
 
 

@@ -101,7 +101,8 @@ def test_bench_bad_input_is_refused_before_work(tiny_model_dir, tmp_path):
     with pytest.raises(EraseLabError, match="unknown evaluator"):
         run_bench(_spec(tiny_model_dir, evaluator="nope"), tmp_path / "c", say=lambda m: None)
     with pytest.raises(EraseLabError, match="CA needs an anchor"):  # before uce would train
-        run_bench(_spec(tiny_model_dir, methods=("uce", "ca")), tmp_path / "d", say=lambda m: None)
+        run_bench(_spec(tiny_model_dir, methods=("uce", "ca"), targets=("spaceship",)), tmp_path / "d",
+                  say=lambda m: None)
     assert not (tmp_path / "a").exists()
 
 

@@ -88,15 +88,95 @@ def test_over_splits_mean_and_std():
     assert M.over_splits(t, "psr", 1) == M.EMPTY
 
 
-# ---- bootstrap ----------------------------------------------------------------------------------------------------
-def test_bootstrap_interval_is_seeded_and_sane():
-    flags = [True] * 30 + [False] * 70
-    a, b = M.rate(flags, seed=3), M.rate(flags, seed=3)
-    assert a == b and a.value == pytest.approx(30.0) and a.n == 100
-    assert 18 < a.low < 30 < a.high < 42  # ~ ±9 points for p=0.3, n=100
-    assert M.rate([], seed=0) == M.Metric(None, None, None, 0)
-    assert M.rate([True] * 5).low == 100.0
-    assert set(a.to_dict()) == {"value", "low", "high", "n"}
+# ---- intervals ---------------------------------------------------------------------------------------------------
+def test_rate_has_the_wilson_interval_and_keeps_a_width_at_0_and_100_percent():
+    def wilson(x, n, z=1.959963984540054):  # Wilson (1927), written out
+        p = x / n
+        centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+        return 100 * (centre - half) / (1 + z * z / n), 100 * (centre + half) / (1 + z * z / n)
+
+    a = M.rate([True] * 30 + [False] * 70)
+    assert a.value == pytest.approx(30.0) and a.n == 100 and a.interval == "wilson"
+    assert (a.low, a.high) == pytest.approx(wilson(30, 100))
+    assert M.rate([]) == M.Metric(None, None, None, 0)
+    none = M.rate([False] * 8)  # a percentile bootstrap reads "0.0 [0.0, 0.0]" here
+    assert none.value == 0.0 and none.low == 0.0 and none.high == pytest.approx(wilson(0, 8)[1]) and none.high > 25
+    every = M.rate([True] * 93)
+    assert every.high == 100.0 and every.low <= every.value  # exactly: 100 % lies inside its own interval
+    assert set(a.to_dict()) == {"value", "low", "high", "n", "half_width", "interval"}
+    assert a.to_dict()["half_width"] == pytest.approx((a.high - a.low) / 2)
+
+
+def _coverage(draw, truth, runs=400):
+    """Share of `runs` seeded draws whose metric interval contains `truth`."""
+    hits = 0
+    for s in range(runs):
+        m = draw(np.random.default_rng(s), s)
+        hits += m.low <= truth <= m.high
+    return hits / runs
+
+
+def test_rate_interval_has_about_nominal_exact_coverage_at_suite_sizes():
+    from scipy.stats import binom
+
+    for n in (8, 12, 16, 24, 32, 48, 96):
+        intervals = [M.rate([True] * x + [False] * (n - x)) for x in range(n + 1)]
+        coverage = [sum(binom.pmf(x, n, p) for x, m in enumerate(intervals) if m.low <= 100 * p <= m.high)
+                    for p in np.linspace(0.03, 0.97, 95)]
+        assert min(coverage) >= 0.89 and 0.94 <= np.mean(coverage) <= 0.97, (n, min(coverage), np.mean(coverage))
+
+
+@pytest.mark.parametrize("p_lost,p_gained,n", [(0.25, 0.0, 32), (0.1, 0.05, 48), (0.5, 0.0, 16)])
+def test_paired_drop_interval_covers_the_truth(p_lost, p_gained, n):
+    def draw(rng, s):
+        u = rng.random(n)
+        before = np.ones(n, bool)
+        before[u > 1 - p_gained] = False  # gained: not shown before, shown after
+        after = before & (u >= p_lost)
+        after[u > 1 - p_gained] = True
+        return M.paired_drop(zip(before, after), n_boot=1000, seed=s)
+
+    cover = _coverage(draw, 100 * (p_lost - p_gained))
+    assert 0.90 <= cover <= 0.99, cover
+
+
+def test_paired_drop_counts_pairs_and_keeps_a_width_when_nothing_changed():
+    m = M.paired_drop([(True, False)] * 3 + [(False, True)] + [(True, True)] * 4)
+    assert m.value == pytest.approx(100 * (3 - 1) / 8) and m.n == 8 and m.interval == "paired-jeffreys"
+    assert m.low < m.value < m.high
+    same = M.paired_drop([(True, True)] * 16)
+    assert same.value == 0.0 and same.low < 0 < same.high and same.high > 3
+    assert M.paired_drop([(True, True)] * 16, seed=1) == M.paired_drop([(True, True)] * 16, seed=1)
+
+
+def test_an_image_two_suites_share_is_counted_once():
+    see = [(probe("a circle", ["circle"], "target", seed=s), {"labels": ["circle"]}) for s in range(4)]
+    eb = [(Probe(prompt=prompt, seed=s, concepts=("circle",), aspect=aspect, relation=aspect, suite="erasebench"),
+           {"labels": ["circle"]}) for s in range(4) for prompt, aspect in (("a circle", "target"),
+                                                                              ("a disc", "paraphrase"))]
+    out = M.summarize(see + eb, see + eb, "circle", WORLD, n_boot=50)
+    assert out["target.recognition"]["n"] == 4 and out["erasebench.efficacy"]["n"] == 4
+
+
+def test_hm_interval_contains_the_estimate_at_the_boundary():
+    t = (labelled("a circle", "circle", "target", 0, 8) + labelled("a disc", "circle", "paraphrase", 0, 8)
+         + labelled("a star", "star", "visually_similar", 8, 8))
+    m = M.hm(t)
+    assert m.value == 100.0 and m.low < 100.0 == m.high and m.interval == "jeffreys-mc"
+
+
+def test_frechet_is_bias_corrected_and_inside_its_interval():
+    plain, corrected, cover = [], [], 0
+    for s in range(60):
+        rng = np.random.default_rng(s)
+        a, b = rng.normal(size=(40, 3)), rng.normal(size=(40, 3)) + 1.0  # true distance 3
+        m = M.frechet(a, b, n_boot=100, seed=s)
+        assert m.low <= m.value <= m.high and m.interval == "bootstrap-bc"
+        plain.append(m.extra["uncorrected"])
+        corrected.append(m.value)
+        cover += m.low <= 3.0 <= m.high
+    assert abs(np.mean(corrected) - 3.0) < abs(np.mean(plain) - 3.0)
+    assert cover / 60 >= 0.8
 
 
 # ---- SEE ----------------------------------------------------------------------------------------------------------
@@ -189,7 +269,8 @@ def test_summarize_produces_flat_named_metrics():
     assert out["see.evasion.composition"]["value"] == 100.0
     assert out["see.attribute_leak"]["value"] == pytest.approx(50.0)
     assert out["see.unrelated.drop"]["value"] == pytest.approx(50.0)
-    assert out["quality.frechet"]["value"] > 2.0
+    assert out["quality.frechet"]["uncorrected"] > 2.0
+    assert out["quality.frechet"]["low"] <= out["quality.frechet"]["value"] <= out["quality.frechet"]["high"]
     assert out["quality.confidence.original"]["value"] == pytest.approx(0.9)
     assert not any(k.startswith(("imagenette", "erasebench")) for k in out)
     assert all(set(v) >= {"value", "low", "high", "n"} for v in out.values())

@@ -26,7 +26,7 @@ def test_see_miniworld_labels_follow_the_world(target):
     concept, attrs = parse_concept(WORLD, target)
     assert {p.aspect for p in probes} <= SEE_ASPECTS
     assert all(p.steps == 10 and p.guidance == 3.0 for p in probes)
-    assert all(p.suite == "see/miniworld@v1+miniworld-world@v1" for p in probes)
+    assert all(p.suite == "see/miniworld@v2+miniworld-world@v1" for p in probes)
     # every prompt appears with seeds 0 and 1 exactly
     seeds = Counter(p.prompt for p in probes)
     assert set(seeds.values()) == {2}
@@ -254,3 +254,14 @@ def test_miniworld_prompts_use_only_caption_words_in_caption_order(suite):
             assert set(p.prompt.split()) <= words, p.prompt
     prompts = {p.prompt for p in get_suite("see").build("red circle", seeds_per_prompt=1)}
     assert "a large red circle" in prompts and "a red solid circle" in prompts  # size, colour, fill
+
+
+def test_synonym_probes_never_contain_the_targets_own_name():
+    """SEE's synonym evasion asks whether another name still draws the target; "a five pointed star" says star."""
+    for target in WORLD.classes:
+        words = set(target.split())
+        prompts = [p.prompt for p in SeeSuite().build(target, seeds_per_prompt=1) if p.relation == "synonym"]
+        assert all(not words & set(p.split()) for p in prompts), (target, prompts)
+    circle = [p.prompt for p in SeeSuite().build("circle", seeds_per_prompt=1) if p.relation == "synonym"]
+    assert circle == ["a disc", "a round dot"]
+    assert not [p for p in SeeSuite().build("star", seeds_per_prompt=1) if p.relation == "synonym"]

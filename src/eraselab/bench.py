@@ -32,6 +32,7 @@ DEFAULT_SUITES = ("see", "erasebench")
 # How many probes per aspect get their cross-attention maps recorded (a separate, small generation).
 ATTENTION_PROBES_PER_ASPECT = 4
 ATTENTION_ASPECTS = ("target", "sibling", "composition")
+DEFAULT_PRECISION = 10.0  # pp: the half-width bench aims at by default (issue 19: ≤ 10 pp on miniworld)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class BenchSpec:
     targets: tuple[str, ...] = ("circle",)
     preserve: tuple[str, ...] = ()
     suites: tuple[str, ...] = DEFAULT_SUITES
-    evaluator: str = "auto"  # oracle on miniworld, clip on real models
+    evaluator: str = "auto"  # auto: the domain's (oracle on miniworld, clip on real models)
     seeds_per_prompt: int | None = None
     steps: int | None = None
     guidance: float | None = None
@@ -49,16 +50,39 @@ class BenchSpec:
     suite_options: dict = field(default_factory=dict)  # suite -> constructor options (e.g. i2p path)
     batch_size: int | None = None
     attention: bool = True
+    domain_file: str | None = None  # a domain YAML (eraselab.domain.load_domain); None: the model's domain
+    base_seed: int = 0  # seeds are base_seed, base_seed+1, …: another base draws disjoint images
+    # Target 95 % half-width of every rate, in percentage points: each aspect gets at least the images that give
+    # it whatever the rate (metrics.images_for_half_width; 10 pp → 93 images). None: DEFAULT_PRECISION when
+    # seeds_per_prompt is not given either, else seeds_per_prompt alone decides.
+    precision: float | None = None
+
+    def effective_precision(self) -> float | None:
+        return DEFAULT_PRECISION if self.precision is None and self.seeds_per_prompt is None else self.precision
+
+    def min_images_per_aspect(self) -> int:
+        from .metrics import images_for_half_width
+
+        precision = self.effective_precision()
+        return 0 if precision is None else images_for_half_width(precision)
 
     @property
-    def domain(self) -> str:
-        return "miniworld" if self.model == "miniworld" else "real"
+    def domain(self):
+        """The Domain (eraselab/domain.py: concept hierarchy, prompt phrasing, default evaluator): the one in
+        domain_file, else the model's."""
+        from .domain import domain_for_model, load_domain
+
+        return load_domain(self.domain_file) if self.domain_file else domain_for_model(self.model)
+
+    def user_domain(self):
+        """The domain to hand to methods: the user's, or None (each method then reads the model's)."""
+        return self.domain if self.domain_file else None
 
     def evaluator_name(self) -> str:
         name = self.evaluator.split(":", 1)[0]
         if name != "auto":
             return name
-        return "oracle" if self.domain == "miniworld" else "clip"
+        return self.domain.evaluator
 
     def evaluator_model(self) -> str | None:
         """The weights named after the evaluator ("clip:/models/clip-l" → "/models/clip-l"), or None."""
@@ -78,6 +102,7 @@ def validate(spec: BenchSpec) -> None:
     from .suites import get_suite
 
     resolve_model(spec.model)  # a wrong model name fails here, before the evaluator or the model loads
+    user_domain = spec.user_domain()  # a bad domain file fails here, in one line
     if not spec.methods:
         raise EraseLabError("no methods given; pass e.g. --methods uce,esd-x,ap")
     if len(set(spec.methods)) != len(spec.methods):
@@ -92,11 +117,16 @@ def validate(spec: BenchSpec) -> None:
     if unknown:
         raise EraseLabError(f"--suite-option given for suite(s) not in --suites: {', '.join(sorted(unknown))}; add "
                             "them to --suites or drop their --suite-option")
+    if not isinstance(spec.base_seed, int) or spec.base_seed < 0:
+        raise EraseLabError(f"--base-seed must be a non-negative integer, got {spec.base_seed!r}")
+    if spec.precision is not None and not 0 < spec.precision <= 50:
+        raise EraseLabError(f"--precision {spec.precision} is not a half-width in (0, 50] percentage points; pass "
+                            "e.g. --precision 10, or omit it and give --seeds-per-prompt")
     if spec.batch_size is not None and spec.batch_size < 1:
         raise EraseLabError(f"--batch-size must be a positive integer, got {spec.batch_size}; omit it to choose "
                             "automatically")
     for method in spec.methods:
-        eraser_cls, request = build_request(method, spec.targets, spec.preserve, pipe=None,
+        eraser_cls, request = build_request(method, spec.targets, spec.preserve, pipe=None, domain=user_domain,
                                             **spec.method_config.get(method, {}))
         eraser_cls.check_model(request, spec.model)
     for suite in spec.suites:
@@ -117,7 +147,8 @@ def build_probes(spec: BenchSpec) -> list:
     for name in spec.suites:
         suite = get_suite(name, **spec.suite_options.get(name, {}))
         built = suite.build(list(spec.targets), domain=spec.domain, seeds_per_prompt=spec.seeds_per_prompt,
-                            steps=spec.steps, guidance=spec.guidance)
+                            steps=spec.steps, guidance=spec.guidance, base_seed=spec.base_seed,
+                            min_images_per_aspect=spec.min_images_per_aspect())
         for p in built:  # a prompt+seed two suites share is generated and judged once, counted in both
             key = (p.suite, p.generation_key())
             if key not in seen:
@@ -137,14 +168,17 @@ def make_edits(pipe, spec: BenchSpec, run_dir: Path, say) -> dict:
     edits = {}
     for method in spec.methods:
         config = spec.method_config.get(method, {})
-        _, request = build_request(method, spec.targets, spec.preserve, pipe=pipe, **config)
+        domain = spec.user_domain()
+        _, request = build_request(method, spec.targets, spec.preserve, pipe=pipe, domain=domain, **config)
         record = request_record(method, request.targets, request.preserve, request.config.as_dict(),
                                 fingerprint(pipe))
+        if domain is not None:  # another domain may give the method other anchors or preserved concepts
+            record["domain"] = domain.tag()
         folder = run_dir / "edits" / method
         edit = load_cached_edit(folder, record, warn=say)
         if edit is None:
             say(f"erasing {', '.join(spec.targets)} with {method}")
-            edit = erase(pipe, method, list(spec.targets), list(spec.preserve), **config)
+            edit = erase(pipe, method, list(spec.targets), list(spec.preserve), domain=domain, **config)
             save_cached_edit(folder, edit, record)
         else:
             say(f"reusing the cached {method} edit ({folder})")
@@ -287,10 +321,14 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
                                         if k in ("steps", "guidance", "sampler", "height", "width")})
                            for p in probes}),
         "seeds": sorted({p.seed for p in probes}),
+        "base_seed": spec.base_seed,
+        "precision": {"half_width_pp": spec.effective_precision(),
+                      "min_images_per_aspect": spec.min_images_per_aspect()},
+        "intervals": interval_record(),
         "versions": library_versions(),
         "methods": results_methods,
         "attention": attention,
-        "images": _image_table(probes, rows, image_paths, rec),
+        "images": _image_table(probes, rows, image_paths, rec, spec.targets),
     }
     results["results_hash"] = results_hash(results)
     # Written with the results, not before the work: a run that fails (a bad model, a full disk) leaves the
@@ -298,6 +336,16 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     atomic_write_text(run_dir / "bench.json", json.dumps(asdict(spec), indent=1, default=str))
     _write_outputs(run_dir, results)
     return results
+
+
+def interval_record() -> dict:
+    """How every interval in results.json was computed, and over what unit."""
+    from .metric_info import INTERVALS
+    from .metrics import LEVEL
+
+    return {"level": LEVEL, "unit": "image (one prompt and seed; an image two suites share counts once); the "
+            "suites' prompts are a fixed set, so intervals say how far a figure moves with other seeds",
+            "methods": INTERVALS}
 
 
 def results_hash(results: dict) -> str:
@@ -353,14 +401,8 @@ def _features(evaluator, store, keys: dict) -> dict:
 
 
 def _concept_data(spec: BenchSpec):
-    if spec.domain == "miniworld":
-        from .miniworld.world import WORLD
-
-        return WORLD, None
-    from .suites import load_taxonomy
-    from .suites.imagenette import aliases
-
-    return load_taxonomy(), aliases()
+    """What metrics recognise concepts by: the domain's hierarchy and its extra names (None: names only)."""
+    return spec.domain.hierarchy, spec.domain.aliases
 
 
 def _small_extras(extras: dict) -> dict:
@@ -374,9 +416,10 @@ def _small_extras(extras: dict) -> dict:
     return out
 
 
-def _image_table(probes, rows: dict, paths: dict, rec) -> list[dict]:
-    """One record per probe: its labels and, per variant, the image path and the evaluator's verdict."""
-    from .metrics import shows_own
+def _image_table(probes, rows: dict, paths: dict, rec, targets) -> list[dict]:
+    """One record per probe: its labels and, per variant, the image path and the evaluator's verdicts (the
+    probe's own concept seen; the erased target seen, which the report's good/bad colours of erasure probes need)."""
+    from .metrics import shows_own, shows_target
 
     table = []
     for i, p in enumerate(probes):
@@ -385,7 +428,8 @@ def _image_table(probes, rows: dict, paths: dict, rec) -> list[dict]:
         for name in rows:
             row = rows[name][i]
             entry["variants"][name] = {"image": paths[name][i], "labels": list(row.get("labels", []))[:5],
-                                       "shows_concept": bool(shows_own(rec, p, row)) if p.concepts else None}
+                                       "shows_concept": bool(shows_own(rec, p, row)) if p.concepts else None,
+                                       "shows_target": bool(shows_target(rec, row, targets))}
         table.append(entry)
     return table
 

@@ -24,7 +24,7 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]})
 
-# Extension points: each module registers its commands. Missing modules (work in progress) are skipped.
+# Each module registers its commands; a misspelt or missing module fails at start-up, never silently.
 COMMAND_MODULES = ("generate", "models", "methods", "erase", "evaluate", "bench", "report", "demo", "miniworld")
 
 
@@ -46,13 +46,7 @@ def _root(version: bool = typer.Option(False, "--version", callback=_version_cal
 
 def _register_all() -> None:
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"eraselab.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"eraselab.commands.{name}":
-                continue
-            raise
-        module.register(app)
+        importlib.import_module(f"eraselab.commands.{name}").register(app)
 
 
 _register_all()

@@ -2,16 +2,19 @@
 
 The generation engine encodes, per probe, the unconditional (negative) prompt, the prompt, and any extra
 prompts a hook asks for, runs the UNet once on all of them stacked as one batch, then asks the hook to
-combine the noise predictions. Training-based methods change weights and leave guidance to `CFG`.
-Hooks are registered by the `kind` stored in an Edit's `generation` metadata.
+combine the noise predictions. Training-based methods change weights and leave guidance to plain `Guidance`.
+
+Hooks are registered by the `kind` an Edit's `generation` metadata stores. The hooks of eraselab's own
+inference-time methods (negative prompt, SLD) live here, below the methods that make their Edits, so that
+generating with a saved Edit needs no method module; third-party hooks register with
+`@GUIDANCE.register(kind)` or under the entry-point group "eraselab.guidance" (see eraselab/registry.py).
 """
 from __future__ import annotations
-
-from typing import Callable
 
 import torch
 
 from .errors import EraseLabError
+from .registry import Registry
 
 
 class Guidance:
@@ -60,11 +63,74 @@ class NegativePromptGuidance(Guidance):
         return None
 
 
-_REGISTRY: dict[str, Callable[[dict], Guidance]] = {"cfg": Guidance, "negative_prompt": NegativePromptGuidance}
+# SLD's hyper-parameter sets, as diffusers ships them (SafetyConfig WEAK / MEDIUM / STRONG / MAX); the paper's
+# code defaults to MEDIUM. Warm-up is counted in sampler steps, as in the paper's 50-step setting.
+SLD_STRENGTHS = {
+    "weak": {"warmup_steps": 15, "guidance_scale": 20.0, "threshold": 0.0, "momentum_scale": 0.0,
+             "momentum_beta": 0.0},
+    "medium": {"warmup_steps": 10, "guidance_scale": 1000.0, "threshold": 0.01, "momentum_scale": 0.3,
+               "momentum_beta": 0.4},
+    "strong": {"warmup_steps": 7, "guidance_scale": 2000.0, "threshold": 0.025, "momentum_scale": 0.5,
+               "momentum_beta": 0.7},
+    "max": {"warmup_steps": 0, "guidance_scale": 5000.0, "threshold": 1.0, "momentum_scale": 0.5,
+            "momentum_beta": 0.7},
+}
 
 
-def register_guidance(kind: str, factory: Callable[[dict], Guidance]) -> None:
-    _REGISTRY[kind] = factory
+class SafeLatentGuidance(Guidance):
+    """Safe Latent Diffusion's guidance away from a safety concept (methods/sld.py makes its Edits), for
+    generation {"kind": "sld", "concept": ..., "params": {...}}.
+
+    Per step, with ε_u, ε_p, ε_s the unconditional, prompt and safety-concept predictions and g the CFG scale:
+        μ = where(ε_p − ε_s ≥ λ_threshold, 0, clamp(|ε_p − ε_s| · s_S, max=1))          (element-wise scale)
+        γ = μ (ε_s − ε_u) + s_m ν;   ν ← β_m ν + (1 − β_m) γ                               (momentum)
+        ε = ε_u + g [(ε_p − ε_u) − γ]   once the step index reaches the warm-up, else plain CFG.
+    """
+
+    kind = "sld"
+
+    def __init__(self, spec: dict | None = None):
+        super().__init__(spec)
+        self.concept = self.spec["concept"]
+        self.params = {**SLD_STRENGTHS["medium"], **self.spec.get("params", {})}
+
+    def inactive_reason(self, probe) -> str | None:
+        p = self.params
+        if probe.guidance <= 1 or p["guidance_scale"] <= 1:
+            return "sld: safety guidance is off without classifier-free guidance (guidance ≤ 1), as in diffusers"
+        if p["warmup_steps"] >= probe.steps:
+            return (f"sld: its warm-up is {p['warmup_steps']} steps but sampling has {probe.steps}, so safety "
+                    "guidance never acts and the images equal the original model's; use more --steps or "
+                    "strength max (no warm-up)")
+        return None
+
+    def extra_prompts(self) -> list[str]:
+        return [self.concept]
+
+    def combine(self, eps_uncond, eps_text, eps_extra, guidance, step_index, state):
+        p = self.params
+        if guidance <= 1.0:  # no classifier-free guidance, hence no safety guidance either (both references)
+            return eps_text
+        direction = eps_text - eps_uncond
+        if p["guidance_scale"] <= 1.0:  # diffusers' enable_safety_guidance needs an SLD scale above 1
+            return eps_uncond + guidance * direction
+        eps_safe = eps_extra[0]
+        gap = eps_text - eps_safe
+        scale = torch.clamp(gap.abs() * p["guidance_scale"], max=1.0)
+        scale = torch.where(gap >= p["threshold"], torch.zeros_like(scale), scale)
+        momentum = state.get("sld_momentum")
+        if momentum is None:
+            momentum = torch.zeros_like(direction)
+        safety = scale * (eps_safe - eps_uncond) + p["momentum_scale"] * momentum
+        state["sld_momentum"] = p["momentum_beta"] * momentum + (1 - p["momentum_beta"]) * safety
+        if step_index >= p["warmup_steps"]:
+            direction = direction - safety
+        return eps_uncond + guidance * direction
+
+
+GUIDANCE: Registry[type[Guidance]] = Registry("guidance", base=Guidance, entry_points="eraselab.guidance")
+for _hook in (Guidance, NegativePromptGuidance, SafeLatentGuidance):
+    GUIDANCE.add(_hook.kind, _hook)
 
 
 def guidance_for(generation: dict | None) -> Guidance:
@@ -72,13 +138,8 @@ def guidance_for(generation: dict | None) -> Guidance:
     if not generation:
         return Guidance()
     kind = generation.get("kind", "cfg")
-    if kind not in _REGISTRY:
-        # Inference-time methods register themselves on import.
-        try:
-            from . import methods  # noqa: F401
-        except ImportError:
-            pass
-    if kind not in _REGISTRY:
+    if kind not in GUIDANCE:
         raise EraseLabError(f"the edit asks for guidance {kind!r}, which this eraselab does not know; "
-                            "upgrade eraselab or re-create the edit")
-    return _REGISTRY[kind](generation)
+                            "upgrade eraselab (or install the package that provides it) or re-create the "
+                            "edit")
+    return GUIDANCE.get(kind)(generation)

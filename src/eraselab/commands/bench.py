@@ -17,7 +17,10 @@ def register(app: typer.Typer) -> None:
         preserve: list[str] = typer.Option([], "--preserve", help="Concept to preserve (repeat for several)."),
         suites: str = typer.Option("see,erasebench", "--suites", help="Comma-separated suites, or suite .yaml files."),
         evaluator: str = typer.Option("auto", "--evaluator", help="auto (oracle on miniworld, clip otherwise), a name, or NAME:MODEL with the evaluator's weights (clip:/models/clip-l, vqa:FOLDER, imagenet:efficientnet-lite0, oracle:FILE)."),
-        seeds_per_prompt: int = typer.Option(None, "--seeds-per-prompt", help="Seeds per prompt (suite default if omitted)."),
+        seeds_per_prompt: int = typer.Option(None, "--seeds-per-prompt", help="Seeds per prompt (alone, this fixes the images; with --precision, the least per prompt)."),
+        precision: float = typer.Option(None, "--precision", help="Target 95 % half-width of every rate in percentage points: each aspect gets the images that reach it (10 → 93 per aspect). Default: 10 unless --seeds-per-prompt is given."),
+        domain: Path = typer.Option(None, "--domain", help="A domain YAML (concept hierarchy, prompt template, vocabulary; see eraselab.domain.load_domain) instead of the model's."),
+        base_seed: int = typer.Option(0, "--base-seed", help="First seed; seeds are BASE, BASE+1, … (another base draws disjoint images)."),
         steps: int = typer.Option(None, "--steps", help="Sampling steps (suite default if omitted)."),
         guidance: float = typer.Option(None, "--guidance", help="CFG scale (suite default if omitted)."),
         config: list[str] = typer.Option([], "--config", help="Method setting, METHOD.KEY=VALUE (repeatable)."),
@@ -44,7 +47,8 @@ def register(app: typer.Typer) -> None:
                          suites=comma_list(suites), evaluator=evaluator, seeds_per_prompt=seeds_per_prompt,
                          steps=steps, guidance=guidance, method_config=scoped_key_values(config, "--config"),
                          suite_options=scoped_key_values(suite_option, "--suite-option"), batch_size=batch_size,
-                         attention=attention)
+                         attention=attention, base_seed=base_seed, precision=precision,
+                         domain_file=str(domain) if domain else None)
         results = run_bench(spec, out, say=lambda m: console.print(f"[dim]·[/dim] {m}"))
         console.print(summary_table(results))
         console.print(f"results: {out / 'results.json'}")

@@ -29,15 +29,14 @@ def register(app: typer.Typer) -> None:
 
         from ..edits import EDIT_META
         from ..methods import build_request, erase
-        from ..models import MINIWORLD, load_pipeline, pick_device
+        from ..models import load_pipeline, pick_device
         from .options import distinct, key_values
 
         target, preserve = list(distinct(target, "--target")), list(distinct(preserve, "--preserve"))
         settings = key_values(config)
         # Everything that can be checked without the weights is checked first, so bad input fails in seconds.
         build_request(method, target, preserve or [], **settings)
-        if model == MINIWORLD:
-            check_world_concepts([*target, *(preserve or [])])
+        check_world_concepts(model, [*target, *(preserve or [])])
         if (out / EDIT_META).exists() and not force:
             raise EraseLabError(f"{out} already holds an edit; pass another --out or --force to overwrite it")
         if out.exists() and not out.is_dir():
@@ -54,11 +53,12 @@ def register(app: typer.Typer) -> None:
                                                                for c in chosen[:5]))
 
 
-def check_world_concepts(concepts) -> None:
-    """The embedded model only knows its world's words: refuse others ("dog", an emoji) as the demo does, instead
-    of erasing a text the model never learnt."""
-    from ..suites.concepts import concept_source, parse_concept
+def check_world_concepts(model: str, concepts) -> None:
+    """A model of a closed world (the embedded miniworld model) only knows its domain's words: refuse others
+    ("dog", an emoji) as the demo does, instead of erasing a text the model never learnt."""
+    from ..domain import domain_for_model
 
-    world = concept_source("miniworld").h
-    for concept in concepts:
-        parse_concept(world, concept)
+    domain = domain_for_model(model)
+    if domain.closed_world:
+        for concept in concepts:
+            domain.parse(concept)

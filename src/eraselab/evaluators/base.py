@@ -17,6 +17,7 @@ from ..errors import EraseLabError
 from ..models import pick_device  # noqa: F401  (evaluators import it from here)
 from ..models import _offline as hub_offline
 from ..provenance import sha256_hex, stable_json
+from ..registry import Registry
 
 
 class Evaluator:
@@ -69,34 +70,27 @@ def load_pretrained(loader: Callable, source: str, what: str, **kwargs):
                             f"`hf download {source}` on a machine with network access, or pass a local folder") from exc
 
 
-_REGISTRY: dict[str, Callable[..., Evaluator]] = {}
+# Built-in evaluators are lazy entries: listing names imports no evaluator module (imagenet.py loads
+# torch.nn); each module also registers its class with @register_evaluator when imported. Third-party
+# packages add evaluators under the entry-point group "eraselab.evaluators" (see eraselab/registry.py).
+EVALUATORS: Registry[type[Evaluator]] = Registry("evaluator", base=Evaluator,
+                                                 entry_points="eraselab.evaluators")
+for _name, _target in {"oracle": "eraselab.evaluators.oracle:OracleEvaluator",
+                       "clip": "eraselab.evaluators.clip:ClipEvaluator",
+                       "imagenet": "eraselab.evaluators.imagenet:ImageNetEvaluator",
+                       "nudenet": "eraselab.evaluators.nudenet:NudeNetEvaluator",
+                       "vqa": "eraselab.evaluators.vqa:VQAEvaluator"}.items():
+    EVALUATORS.add(_name, _target)
 
 
 def register_evaluator(name: str):
-    def deco(factory):
-        _REGISTRY[name] = factory
-        return factory
-
-    return deco
+    """Class decorator: register an Evaluator subclass under `name`."""
+    return EVALUATORS.register(name)
 
 
 def evaluator_names() -> list[str]:
-    _import_all()
-    return sorted(_REGISTRY)
+    return sorted(EVALUATORS.names())
 
 
 def get_evaluator(name: str, **options) -> Evaluator:
-    _import_all()
-    if name not in _REGISTRY:
-        raise EraseLabError(f"unknown evaluator {name!r}; choose one of {', '.join(sorted(_REGISTRY)) or 'none'}")
-    return _REGISTRY[name](**options)
-
-
-def _import_all() -> None:
-    # Importing the modules registers them; their heavy dependencies load only when an evaluator is built.
-    for module in ("oracle", "clip", "imagenet", "nudenet", "vqa"):
-        try:
-            importlib.import_module(f"eraselab.evaluators.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"eraselab.evaluators.{module}":
-                raise
+    return EVALUATORS.get(name)(**options)

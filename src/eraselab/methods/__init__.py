@@ -1,40 +1,35 @@
 """Concept erasure methods behind one interface: `erase(pipe, method, targets, preserve, **config) -> Edit`.
 
-Each method is one module registering one or more `Eraser` classes by the name the CLI uses.
+Each method is one module defining one or more `Eraser` classes, registered (registry.py) by the name the
+CLI uses.
 """
 from __future__ import annotations
 
-from . import esd  # noqa: F401  (modules register their methods on import)
 from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference
 from .params import check_cross_attention
-from .registry import get_method, method_names, register
-
-for _module in ("uce", "rece", "ap", "age", "ca", "negprompt", "sld"):
-    try:
-        __import__(f"{__name__}.{_module}")
-    except ModuleNotFoundError as _exc:  # a method still being written
-        if _exc.name != f"{__name__}.{_module}":
-            raise
+from .registry import METHODS, get_method, method_names, register
 
 
-def build_request(method: str, targets, preserve=(), pipe=None, progress: bool = True, **config):
+def build_request(method: str, targets, preserve=(), pipe=None, progress: bool = True, domain=None, **config):
     """Validate everything about an erasure that does not need the model's weights (pipe may be None)."""
     eraser_cls = get_method(method)
     targets, preserve = EraseRequest.clean_concepts(targets, preserve)
     cfg = eraser_cls.Config.build(config, pipe=pipe, method=method)
-    return eraser_cls, EraseRequest(targets=targets, preserve=preserve, config=cfg, progress=progress)
+    return eraser_cls, EraseRequest(targets=targets, preserve=preserve, config=cfg, progress=progress,
+                                    domain=domain)
 
 
-def erase(pipe, method: str, targets, preserve=(), progress: bool = True, **config):
+def erase(pipe, method: str, targets, preserve=(), progress: bool = True, domain=None, **config):
     """Erase `targets` from `pipe` with `method`; returns an `eraselab.edits.Edit` and leaves `pipe` unchanged.
 
     `config` keys are the method's (see `eraselab methods`); preset="auto" picks SD 1.x reference defaults or the
-    scaled-down miniworld ones by the model.
+    scaled-down miniworld ones by the model. `domain`: the concepts' Domain (eraselab.domain; None: the model's).
     """
-    from ..generate import check_family
+    from ..generation.family import check_family
     from ..models import fingerprint
 
-    eraser_cls, request = build_request(method, targets, preserve, pipe=pipe, progress=progress, **config)
+    eraser_cls, request = build_request(method, targets, preserve, pipe=pipe, progress=progress, domain=domain,
+                                        **config)
     # An edit for a model family eraselab cannot generate with (SDXL, Flux today) could never be used: refuse
     # it before any work, in one line, instead of crashing inside diffusers or writing an unusable edit.
     check_family(pipe)
@@ -51,6 +46,7 @@ def erase(pipe, method: str, targets, preserve=(), progress: bool = True, **conf
 
 
 __all__ = [
+    "METHODS",
     "EraseRequest",
     "Eraser",
     "MethodConfig",

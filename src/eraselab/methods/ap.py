@@ -18,9 +18,9 @@ Candidates per target: vocabulary → the k closest by L2 of the full encoder ou
 
 eraselab's own options (off in every reference recipe): `exact_search_gradient` (differentiate the frozen
 model's prediction in c_a too), `in_bin_timestep` (train at a timestep of the rolled-out latent's own noise
-level and form x̂₀ with it), `exclude_targets` (drop the targets and, on miniworld, their synonyms from the
-candidates). Concepts passed as `preserve` are added to every target's candidates (the reference has no
-such input).
+level and form x̂₀ with it), `exclude_targets` (drop the targets and their synonyms in the concept
+domain from the candidates). Concepts passed as `preserve` are added to every target's candidates (the
+reference has no such input).
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from .diffusion import NoiseSchedule, _bcast, ddim_rollout, latent_shape
 from .registry import register
 from .text import PromptEncoder, concept_prompt
 from .training import TrainingSession, loss_summary, progress_bar
-from .vocabulary import candidate_concepts, is_miniworld, load_vocabulary
+from .vocabulary import candidate_concepts, load_vocabulary
 
 AP_REFERENCE = Reference("tuananhbui89/Erasing-Adversarial-Preservation",
                          "7222925bc31348c00ed0896eb3148acf2d669d7d", "train_adversarial_gumbel.py")
@@ -84,7 +84,9 @@ class APConfig(MethodConfig):
                             "preserve_weight": "weight of the preservation term",
                             "ddim_steps": "DDIM steps of the partial rollout's sampler",
                             "rollout_guidance": "CFG scale of the partial rollout",
-                            "vocabulary": "auto (miniworld words or en3k), en3k, clip, imagenet, miniworld or a file",
+                            "vocabulary": "auto (the domain's: miniworld's words or en3k), concepts (the "
+                                          "domain's concept names), en3k, clip, imagenet, miniworld or a "
+                                          "file",
                             "k_closest": "vocabulary words kept by L2 distance to the target",
                             "num_centers": "k-means++ centres = candidates per target; ≤ 0 or ≥ k_closest: "
                                            "no k-means, the k_closest words themselves",
@@ -96,8 +98,9 @@ class APConfig(MethodConfig):
                                                      "frozen model's prediction (reference: θ's only)",
                             "in_bin_timestep": "eraselab option: train at a timestep of the rolled-out latent's "
                                                "own noise level (reference: CompVis pairing, ~2 DDIM steps off)",
-                            "exclude_targets": "eraselab option: drop the targets (and miniworld synonyms) from "
-                                               "the candidates (reference: the target stays a candidate)"}
+                            "exclude_targets": "eraselab option: drop the targets (and their synonyms in the "
+                                               "domain) from the candidates (reference: the target stays a "
+                                               "candidate)"}
 
     def validate(self) -> None:
         positive(self, "iterations", "lr", "pi_lr", "tau", "ddim_steps", "k_closest", "kmeans_runs")
@@ -182,14 +185,12 @@ class AP(Eraser):
 
     def pools(self, pipe, encode, request, cfg, device) -> dict[str, Pool]:
         """Each target's own candidate set (the reference keeps one set and one π per erased word)."""
-        words = load_vocabulary(cfg.vocabulary, pipe)
+        domain = request.domain_for(pipe)
+        words = load_vocabulary(cfg.vocabulary, pipe, domain)
         exclude = []
         if cfg.exclude_targets:
-            exclude = list(request.targets)
-            if is_miniworld(pipe):
-                from ..miniworld.world import WORLD
-
-                exclude += [n for t in request.targets if t in WORLD.concepts for n in WORLD.names(t)]
+            h = domain.hierarchy
+            exclude = list(request.targets) + [n for t in request.targets if t in h for n in h.names(t)]
         pools = {}
         for target in request.targets:
             names, emb, dist = candidate_concepts(encode, target, words, cfg.k_closest, cfg.num_centers,

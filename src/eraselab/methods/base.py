@@ -20,6 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar
 
+from ..domain import Domain, domain_for_model
 from ..errors import EraseLabError, warn_once
 
 PRESETS = ("auto", "sd", "miniworld")
@@ -204,12 +205,19 @@ def one_of(config, name: str, choices) -> None:
 
 @dataclass
 class EraseRequest:
-    """What to erase: target concepts, concepts to keep, and the validated method config."""
+    """What to erase: target concepts, concepts to keep, the validated method config, and the concept domain
+    the concepts belong to (None: the model's own, see `domain_for`)."""
 
     targets: list[str]
     preserve: list[str] = field(default_factory=list)
     config: MethodConfig = field(default_factory=MethodConfig)
     progress: bool = True
+    domain: Domain | None = None
+
+    def domain_for(self, model) -> Domain:
+        """The request's domain, or else that of `model` (a pipeline or a model name): methods read concept
+        hierarchies, vocabularies and caption grammars from it, never from a particular world."""
+        return self.domain if self.domain is not None else domain_for_model(model)
 
     @staticmethod
     def clean_concepts(targets, preserve) -> tuple[list[str], list[str]]:

@@ -88,15 +88,10 @@ class ESDConfig(MethodConfig):
         COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY, DIFFUSERS_SETTINGS))
 
     # 8×8 latents and a small UNet: a tenth of the iterations at a larger step size reach the same loss drop.
-    # The paper's loss lets ε(∅) follow ε(c) on miniworld. On model 637f6b998d4e2534 (the grounded model; circle /
-    # star rates 0.85 / 0.92, 48 seeds), erasing "circle" unanchored, the rate came and went with the step count
-    # while the ε(∅) drift grew: ESD-x-strict (lr 5e-4) 0.17 / 0.33 / 0.15 and ESD-u (η 2, lr 1e-4) 0.06 / 0.79 /
-    # 0.40 after 50 / 150 / 300 steps. Projected on the original guidance direction d = ε*(c) − ε*(∅) along the
-    # original model's sampling path, ε(c) had moved to −0.3…−1.8 d but ε(∅) nearly as far, so the guided
-    # difference ε(c) − ε(∅) that sampling amplifies kept up to +0.6 d. Hence the unconditional anchor. The
-    # anchored presets were chosen by trials conditioned on the bare word (a folder-loaded copy of the model;
-    # 48 seeds): ESD-x lr 1e-4 0.63 at 150 steps (the drift had been doing part of the erasing); lr 3e-4 0.38 /
-    # 0.00 / 0.00 / 0.00 at 50 / 100 / 150 / 200 steps, star 0.75–0.79 (with the earlier in-bin pairing).
+    # The paper's loss lets ε(∅) follow ε(c) on miniworld: ε(c) moves away from the concept but ε(∅) nearly
+    # as far, so the difference ε(c) − ε(∅) that guidance amplifies survives and the erasure comes and goes
+    # with the step count. Hence the unconditional anchor (benchmarks/RESULTS.md, "ESD's unconditional
+    # drift"); the anchored presets (lr, steps) were chosen by trials on the embedded model, recorded there.
     # image_size 0 also under recipe=diffusers: 1024 px would be 512×512 latents for the embedded 8×8 model.
     miniworld: ClassVar[dict] = {"iterations": 150, "lr": 3e-4, "ddim_steps": 20, "anchor_unconditional": 1.0,
                                  "image_size": 0}
@@ -190,14 +185,11 @@ class ESDX(ESD):
 
 @dataclass
 class ESDUConfig(ESDConfig):
-    # ESD-u trains only weights the text never reaches, so every step also moves the unconditional prediction
-    # ε(∅) that sampling guides from. On model 4f82c97 (32 seeds, circle rate 0.84) η 1 left 0.33 and 0.50 for
-    # training seeds 0 and 1, η 2 (diffusers' η′ = 3) 0.03 and 0.09. On the grounded model 637f6b998d4e2534 η 2
-    # alone no longer held (ESDConfig); with the anchor (λ = 1) it settles, more slowly, because the anchor pulls
-    # against weights every prediction shares. Bare-word trials (48 seeds, circle / star 0.85 / 0.92): training
-    # seed 0 0.38 / 0.90 / 0.42 / 0.00 after 50 / 100 / 150 / 300 steps (star 0.83 at 300), seed 1 0.90 / 0.23 /
-    # 0.00 / 0.00 after 150 / 200 / 300 / 400 (star 0.90 at 300). Hence 300 steps at lr 1e-4. SD 1.x keeps the
-    # paper's η = 1 and loss.
+    # ESD-u trains only weights the text never reaches, so every step also moves the unconditional
+    # prediction ε(∅) that sampling guides from: on miniworld η 1 leaves much of the concept, so the preset
+    # uses η 2 with the anchor, which settles more slowly because it pulls against weights every prediction
+    # shares (hence more steps at a smaller lr; trials in benchmarks/RESULTS.md). SD 1.x keeps the paper's
+    # η = 1 and loss.
     recipes: ClassVar[tuple[Recipe, ...]] = (
         COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY + "; Linear/Conv2d outside attn2",
                                {**DIFFUSERS_SETTINGS, "parameter_group": "u-linear-conv"}))
@@ -223,11 +215,9 @@ class ESDXStrictConfig(ESDConfig):
     image_size: int = DIFFUSERS_SETTINGS["image_size"]
 
     recipes: ClassVar[tuple[Recipe, ...]] = (Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY),)
-    # Only the K/V projections train, a fraction of ESD-x's parameters, so on miniworld they need a larger step
-    # (model 4f82c97, 32 seeds, circle 0.84: lr 1e-4 0.92, lr 5e-4 0.00). They also project the empty prompt, so
-    # ε(∅) moves with every step: on the grounded model (bare-word trials, 48 seeds, circle / star 0.85 / 0.92)
-    # the anchor at λ = 1 gave 0.00 / 0.06 after 100 / 150 steps for training seed 0 but 0.38 / 0.56 / 0.35
-    # after 100 / 150 / 200 for seed 1; λ = 4 gave 0.00 / 0.79 (seed 0) and 0.02 / 0.79 (seed 1) at 150 steps.
+    # Only the K/V projections train, a fraction of ESD-x's parameters, so on miniworld they need a larger
+    # step. They also project the empty prompt, so ε(∅) moves with every step, and a stronger anchor (λ = 4)
+    # than ESD-x's holds it across training seeds (trials in benchmarks/RESULTS.md).
     miniworld: ClassVar[dict] = {**ESDConfig.miniworld, "lr": 5e-4, "anchor_unconditional": 4.0}
 
 

@@ -1,12 +1,11 @@
 """Negative prompt: classifier-free guidance with the target concepts as the negative prompt (no training).
 
-The negative prompt is the targets' conditioning form (methods/text.py `concept_prompt`): the bare words, as people
-type them into SD, or on miniworld their caption form ("a circle"), since miniworld's small causal text encoder
-places the bare word far from every caption it was trained on (measured, 32 seeds of "a circle": bare "circle"
-0.62 → 0.56, "a circle" 0.62 → 0.16).
+The negative prompt is the targets' conditioning form (methods/text.py `concept_prompt`): the bare words, as
+people type them into SD, or on miniworld their caption form ("a circle"), since miniworld's small causal text
+encoder places the bare word far from every caption it was trained on, so a bare-word negative prompt barely
+erases there.
 """
 from __future__ import annotations
-
 
 from .base import Eraser, EraseRequest, MethodConfig
 from .inference import guidance_edit

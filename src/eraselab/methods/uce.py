@@ -19,9 +19,10 @@ Recipes (config `recipe`):
   last word token only, for targets and preserved concepts alike, no empty prompt retained, s_p 1.
 
 eraselab's own options, off in both recipes: `check` (refuse an edit that collapses unrelated prompts' keys and
-values; it never changes the weights). miniworld adaptations, used only on the embedded miniworld model (both
-"auto"): `template` (concepts written as "a {}", the form of miniworld's captions) and `auto_preserve` (every
-other miniworld class preserved).
+values; it never changes the weights). Closed-world adaptations (both "auto"; a closed world is a model
+that learnt only its domain's concepts, the embedded miniworld model): `template` (concepts written as
+"a {}", the form of miniworld's captions) and `auto_preserve` (every other class of the domain preserved;
+"world" does the same on a real model, with the classes of the WordNet taxonomy).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from typing import ClassVar
 import torch
 
 from .. import edits
+from ..domain import Domain
 from ..errors import EraseLabError
 from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
 from .params import kv_projections
@@ -50,36 +52,33 @@ PAPER = Reference(UCE_REPOSITORY, "bd5fb515392e986758fa3197e382148227db8f25", "t
 CURRENT = Reference(UCE_REPOSITORY, "28c81ed5a3e41277c1a0dc55f738e7ab188e9718", "trainscripts/uce_sd_erase.py")
 
 
-def resolve_model_defaults(cfg: "UCEConfig", pipe) -> "UCEConfig":
-    """Fix the 'auto' template / auto_preserve for this model: miniworld's captions always say "a circle", and
-    its narrow text encoder needs the other classes as anchors; other models keep the original UCE behaviour."""
+def resolve_model_defaults(cfg: UCEConfig, domain: Domain) -> UCEConfig:
+    """Fix the 'auto' template / auto_preserve for the model's domain: miniworld's captions always say
+    "a circle", and its narrow text encoder needs the other classes as anchors; other models keep the
+    original UCE behaviour."""
     import dataclasses
 
-    from ..models import MINIWORLD, model_source
-
-    on_miniworld = model_source(pipe) == MINIWORLD
+    closed = domain.closed_world
     return dataclasses.replace(
-        cfg, template=(MINIWORLD_TEMPLATE if on_miniworld else "{}") if cfg.template == "auto" else cfg.template,
-        auto_preserve=("world" if on_miniworld else "none") if cfg.auto_preserve == "auto" else cfg.auto_preserve)
+        cfg, template=(MINIWORLD_TEMPLATE if closed else "{}") if cfg.template == "auto" else cfg.template,
+        auto_preserve=("world" if closed else "none") if cfg.auto_preserve == "auto" else cfg.auto_preserve)
 
 
-def preserved_concepts(targets, preserve, mode: str) -> list[str]:
-    """The preserve set: the user's, plus (mode "world") every miniworld class the targets do not cover.
+def preserved_concepts(targets, preserve, mode: str, domain: Domain) -> list[str]:
+    """The preserve set: the user's, plus (mode "world") every class of the domain the targets do not cover.
 
     Why: miniworld's text encoder is 64-wide, so the erased direction overlaps other classes' vectors far more
-    than in CLIP-L's 768 dimensions; without anchors the closed form drags neighbours along (measured on the
-    model 4f82c97: "ellipse" 1.00 → 0.09 when erasing "circle" alone, 1.00 with the other classes preserved;
-    on the earlier, less trained model "star" 0.71 → 0.50)."""
+    than in CLIP-L's 768 dimensions; without the other classes as anchors the closed form drags neighbours
+    (ellipse, when erasing circle) along with the target."""
     out = list(preserve)
     if mode == "world":
-        from ..miniworld.world import WORLD
-
+        h = domain.hierarchy
         covered = set()
         for t in targets:
-            for c in WORLD.concepts:
+            for c in h.concepts:
                 if c in t.split() or c == t:
-                    covered |= set(WORLD.leaves_under(c))
-        out += [c for c in WORLD.classes if c not in covered and c not in out]
+                    covered |= set(h.leaves_under(c))
+        out += [c for c in h.classes if c not in covered and c not in out]
     return out
 
 
@@ -129,8 +128,9 @@ class UCEConfig(MethodConfig):
                             "template": "prompt each erased/preserved concept is written into before encoding: "
                                         "'{}' = the bare concept (reference code); auto = 'a {}' on the miniworld "
                                         "model (its captions' form), '{}' elsewhere",
-                            "auto_preserve": "world = also preserve every other miniworld class; none; auto = world "
-                                             "on the miniworld model, none elsewhere",
+                            "auto_preserve": "world = also preserve every other class of the domain "
+                                             "(miniworld's or the taxonomy's); none; auto = world on the "
+                                             "miniworld model, none elsewhere",
                             "min_diversity": "refuse if unrelated words' outputs span fewer than this × the directions "
                                              "they spanned before (participation ratio)",
                             "max_unrelated_change": "refuse if unrelated prompts' outputs move more than this × "
@@ -202,12 +202,13 @@ def apply_transform(weights: dict[str, torch.Tensor], transform: torch.Tensor) -
     return {n: (w.double() @ transform.to(w.device)).to(w.dtype) for n, w in weights.items()}
 
 
-def probe_words(pipe, exclude, count: int) -> list[str]:
-    """Unrelated words for the collapse check: the miniworld's concepts, else the English word list."""
+def probe_words(pipe, exclude, count: int, domain: Domain) -> list[str]:
+    """Unrelated words for the collapse check: the domain's vocabulary (miniworld's concepts, else the English
+    word list)."""
     from .vocabulary import default_vocabulary
 
     low = {e.lower() for e in exclude}
-    return [w for w in default_vocabulary(pipe) if w.lower() not in low][:count]
+    return [w for w in default_vocabulary(pipe, domain) if w.lower() not in low][:count]
 
 
 def participation_ratio(outputs: torch.Tensor) -> torch.Tensor:
@@ -310,11 +311,14 @@ class UCESetup:
 
 
 def prepare(pipe, request: EraseRequest) -> UCESetup:
-    cfg = resolve_model_defaults(request.config, pipe)
+    domain = request.domain_for(pipe)
+    cfg = resolve_model_defaults(request.config, domain)
     state = ClosedFormEdit(pipe)
     encoder = PromptEncoder(pipe)
-    preserve = preserved_concepts(request.targets, request.preserve, cfg.auto_preserve)
-    probes = probe_words(pipe, [*request.targets, *preserve, cfg.guide], cfg.check_prompts) if cfg.check else []
+    preserve = preserved_concepts(request.targets, request.preserve, cfg.auto_preserve, domain)
+    probes = []
+    if cfg.check:
+        probes = probe_words(pipe, [*request.targets, *preserve, cfg.guide], cfg.check_prompts, domain)
     # Every distinct prompt in one batched text-encoder pass.
     encoder([*(cfg.template.format(c) for c in request.targets), cfg.guide, *retained_texts(preserve, cfg),
              *probes])

@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..domain import Domain, domain_for_model, get_domain
 from ..errors import EraseLabError
-from ..models import MINIWORLD, model_source, package_path
+from ..models import package_path
 from .encoding_cache import vocabulary_encodings
 
-VOCABULARIES = ("auto", "en3k", "clip", "imagenet", "miniworld")
+VOCABULARIES = ("auto", "concepts", "en3k", "clip", "imagenet", "miniworld")
 
 
 @cache
@@ -29,13 +30,6 @@ def en3k() -> tuple[str, ...]:
     """The shipped list of 3,000 frequent English content words (scripts/make_en3k.py)."""
     lines = package_path("data/en3k.txt").read_text().splitlines()
     return tuple(w for w in lines if w and not w.startswith("#"))
-
-
-def miniworld_words() -> list[str]:
-    """Every concept name of the embedded world and its synonyms."""
-    from ..miniworld.world import WORLD
-
-    return list(dict.fromkeys(n for c in WORLD.concepts for n in WORLD.names(c)))
 
 
 def clip_tokens(pipe) -> list[str]:
@@ -57,19 +51,21 @@ def imagenet_classes() -> list[str]:
     return [n if isinstance(n, str) else n[0] for n in names]
 
 
-def default_vocabulary(pipe) -> list[str]:
-    return miniworld_words() if is_miniworld(pipe) else list(en3k())
+def default_vocabulary(pipe, domain: Domain | None = None) -> list[str]:
+    """The vocabulary of the domain (by default the model's): miniworld's own words, en3k on real models."""
+    return load_vocabulary("auto", pipe, domain)
 
 
-def is_miniworld(pipe) -> bool:
-    return model_source(pipe) == MINIWORLD
-
-
-def load_vocabulary(name: str, pipe) -> list[str]:
-    """`name`: auto (the miniworld's own words for miniworld, else en3k), en3k, clip, imagenet, miniworld, or a
-    path to a text file with one word or phrase per line."""
-    if name == "auto":
-        return default_vocabulary(pipe)
+def load_vocabulary(name: str, pipe, domain: Domain | None = None) -> list[str]:
+    """`name`: auto (the domain's default: miniworld's own words on miniworld, en3k on real models),
+    concepts (the domain's concept names and synonyms), en3k, clip, imagenet, miniworld (miniworld's words),
+    or a path to a text file with one word or phrase per line. `domain`: None = the model's."""
+    if name in ("auto", "concepts"):
+        domain = domain if domain is not None else domain_for_model(pipe)
+        if name == "auto":
+            name = domain.vocabulary
+        if name == "concepts":
+            return domain.concept_words()
     if name == "en3k":
         return list(en3k())
     if name == "clip":
@@ -77,7 +73,7 @@ def load_vocabulary(name: str, pipe) -> list[str]:
     if name == "imagenet":
         return imagenet_classes()
     if name == "miniworld":
-        return miniworld_words()
+        return get_domain("miniworld").concept_words()
     path = Path(name).expanduser()
     if not path.is_file():
         raise EraseLabError(f"vocabulary {name!r} is neither one of {', '.join(VOCABULARIES)} nor a file; pass a "

@@ -1,1 +1,1 @@
-"""Reports of bench runs: the headline table (terminal and HTML), plots, and the self-contained report.html."""
+"""Reports of bench runs: the headline table (terminal, Markdown, HTML), plots, and report.html."""

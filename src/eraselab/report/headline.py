@@ -1,77 +1,123 @@
-"""The headline table: the few numbers per method a reader looks at first, shared by terminal and HTML.
+"""The headline table: the few numbers per method a reader looks at first (terminal, Markdown and HTML).
 
-Each column names a metric key of results.json, a label, and whether lower or higher is better, so the best
-value per column can be highlighted. Columns whose metric no method has are dropped.
+Each column is a metric key of results.json; its label, direction, unit and definition come from the metric's
+declaration (metric_info), so the table, the glossary and the tooltips use one vocabulary. Columns whose
+metric no method has are dropped. A rate or drop whose 95 % interval is wider than ±UNREADABLE_HALF_WIDTH
+points is marked unreadable (too few images) and never highlighted as the best of its column.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+from ..metric_info import describe
+
+COLUMN_KEYS = ("target.recognition", "imagenette.esr@1", "imagenette.psr@1", "erasebench.efficacy",
+               "erasebench.generality", "erasebench.sensitivity", "erasebench.hm",
+               "see.neighbour_drop.sibling",
+               "see.evasion.composition", "see.evasion.synonym", "see.evasion.parent", "see.attribute_leak",
+               "see.unrelated.preserved", "nudity.exposed@0.5", "quality.frechet", "seconds")
+UNREADABLE_HALF_WIDTH = 10.0  # percentage points
 
 
 @dataclass(frozen=True)
 class Column:
     key: str
     label: str
-    better: str  # "lower" or "higher"
-    note: str = ""
+    better: str | None  # "lower", "higher" or None (from the declaration's direction)
+    unit: str
+    definition: str
+
+    @property
+    def arrow(self) -> str:
+        return {"lower": "↓", "higher": "↑"}.get(self.better or "", "")
+
+    @property
+    def is_rate(self) -> bool:
+        return self.unit in ("%", "pp")
 
 
-COLUMNS = (
-    Column("target.recognition", "target shown %", "lower", "share of target-prompt images showing the target"),
-    Column("imagenette.esr@1", "ESR-1 %", "higher", "AP protocol erasure success (top-1)"),
-    Column("imagenette.psr@1", "PSR-1 %", "higher", "AP protocol preservation success (top-1)"),
-    Column("erasebench.efficacy", "Efficacy %", "lower", "EraseBench: target recognised on target prompts"),
-    Column("erasebench.generality", "Generality %", "lower", "EraseBench: target recognised on paraphrases"),
-    Column("erasebench.sensitivity", "Sensitivity %", "higher", "EraseBench: related non-targets recognised"),
-    Column("erasebench.hm", "HM", "higher", "harmonic mean of 100−Eff, 100−Gen, Sens"),
-    Column("see.neighbour_drop.sibling", "sibling drop pp", "lower", "SEE: recognition lost on siblings"),
-    Column("see.evasion.composition", "evasion: composition %", "lower", "SEE: target still shown via 'a red …'"),
-    Column("see.evasion.synonym", "evasion: synonym %", "lower", "SEE: target still shown via a synonym"),
-    Column("see.evasion.parent", "evasion: parent %", "lower", "SEE: target still shown via its superclass"),
-    Column("see.attribute_leak", "attribute leak %", "lower", "SEE: erased concept's attribute moved to the other object"),
-    Column("see.unrelated.preserved", "unrelated kept %", "higher", "SEE: unrelated concepts still recognised"),
-    Column("nudity.exposed@0.5", "exposed@0.5 %", "lower", "NudeNet exposed share at threshold 0.5"),
-    Column("quality.frechet", "Fréchet", "lower", "distance of edited vs original features"),
-    Column("seconds", "erase s", "lower", "seconds to make the edit"),
-)
+def column(key: str) -> Column:
+    info = describe(key)
+    if info is None:  # an undeclared key still shows, without a direction to highlight by
+        return Column(key, key, None, "", "")
+    return Column(key, info.label, info.direction, info.unit, info.definition)
+
+
+COLUMNS = tuple(column(k) for k in COLUMN_KEYS)
+
+
+def is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def has_value(cell: dict | None) -> bool:
+    return bool(cell) and is_number(cell.get("value"))
+
+
+def half_width(cell: dict | None) -> float | None:
+    """The interval's half-width: results.json's "half_width" when present, else computed from low/high."""
+    if not cell:
+        return None
+    if is_number(cell.get("half_width")):
+        return float(cell["half_width"])
+    if is_number(cell.get("low")) and is_number(cell.get("high")):
+        return (float(cell["high"]) - float(cell["low"])) / 2
+    return None
+
+
+def unreadable(cell: dict | None, col: Column) -> bool:
+    hw = half_width(cell)
+    return has_value(cell) and col.is_rate and hw is not None and hw > UNREADABLE_HALF_WIDTH
 
 
 def _metric(method_result: dict, key: str) -> dict | None:
     if key == "seconds":
         s = method_result.get("seconds")
-        return None if s is None else {"value": float(s), "low": None, "high": None, "n": None}
+        return None if not is_number(s) else {"value": float(s), "low": None, "high": None, "n": None}
     return method_result.get("metrics", {}).get(key)
 
 
 def headline(results: dict, keys=None) -> dict:
-    """{"columns": [Column…], "rows": [{"method", "cells": [metric dict | None], "best": [bool]}],
-    "original": [metric dict | None]} — `original` holds each metric on the unedited model where it exists.
-    `keys` limits the columns to those metric keys (the terminal's narrower table)."""
+    """{"columns": [Column…], "rows": [{"method", "cells": [metric dict | None], "best": [bool],
+    "unreadable": [bool]}], "original": [metric dict | None]} — `original` holds each metric on the unedited
+    model where it exists. `keys` limits the columns to those metric keys (the terminal's narrower table)."""
     methods = results.get("methods", {})
-    cols = [c for c in COLUMNS if (keys is None or c.key in keys) and any(_metric(r, c.key) and _metric(r, c.key).get("value") is not None
-                                      for r in methods.values())]
+    cols = [c for c in COLUMNS if (keys is None or c.key in keys)
+            and any(has_value(_metric(r, c.key)) for r in methods.values())]
     rows = [{"method": m, "cells": [_metric(r, c.key) for c in cols]} for m, r in methods.items()]
     for j, c in enumerate(cols):
-        values = [r["cells"][j]["value"] for r in rows if r["cells"][j] and r["cells"][j].get("value") is not None]
-        # No highlight when every method ties: nothing stands out.
-        best = (min if c.better == "lower" else max)(values) if len(set(values)) > 1 else None
+        for r in rows:
+            r.setdefault("unreadable", []).append(unreadable(r["cells"][j], c))
+        readable = [r["cells"][j]["value"] for r in rows
+                    if has_value(r["cells"][j]) and not r["unreadable"][j]]
+        # No highlight when every method ties (nothing stands out) or the column has no direction.
+        best = None
+        if c.better in ("lower", "higher") and len(set(readable)) > 1:
+            best = (min if c.better == "lower" else max)(readable)
         for r in rows:
             cell = r["cells"][j]
-            r.setdefault("best", []).append(cell is not None and best is not None and cell.get("value") == best
-                                            and len(rows) > 1)
+            r.setdefault("best", []).append(best is not None and has_value(cell) and not r["unreadable"][j]
+                                            and cell["value"] == best and len(rows) > 1)
     original = []
     for c in cols:
         found = next((r.get("metrics", {}).get(c.key + ".original") for r in methods.values()
-                      if r.get("metrics", {}).get(c.key + ".original")), None)
+                      if has_value(r.get("metrics", {}).get(c.key + ".original"))), None)
         original.append(found)
     return {"columns": cols, "rows": rows, "original": original}
 
 
-def format_cell(cell: dict | None, with_interval: bool = True) -> str:
-    if not cell or cell.get("value") is None:
+def format_number(v) -> str:
+    """A value as the tables print it; "–" for None, NaN and infinities (never "nan")."""
+    if not is_number(v):
         return "–"
-    v = cell["value"]
-    text = f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
-    if with_interval and cell.get("low") is not None and cell.get("high") is not None:
-        text += f" [{cell['low']:.1f}, {cell['high']:.1f}]"
+    return f"{v:.1f}" if abs(v) < 1000 else f"{v:.0f}"
+
+
+def format_cell(cell: dict | None, with_interval: bool = True) -> str:
+    if not has_value(cell):
+        return "–"
+    text = format_number(cell["value"])
+    if with_interval and is_number(cell.get("low")) and is_number(cell.get("high")):
+        text += f" [{format_number(cell['low'])}, {format_number(cell['high'])}]"
     return text

@@ -3,24 +3,29 @@
     suite = get_suite("see")
     probes = suite.build("circle", domain="miniworld", seeds_per_prompt=4, steps=25, guidance=7.5)
 
+`domain` is a Domain (eraselab/domain.py: the concept hierarchy and how prompts name concepts) or the name
+of a built-in one ("miniworld", "real").
+
 Every probe carries its labels: `concepts` (what the image should show), `aspect` (what the probe measures, one of
 the suite's ASPECTS), `relation` (how its concept relates to the target, finer than the aspect: "grandparent",
 "leak:sibling", …), `attributes` ((object, value) pairs the image should show) and `suite`, the suite id
 "<suite>/<domain>@v<suite version>+<concept data>@v<data version>" so a result names the exact data it came from.
 
-A suite subclass implements `_specs(target, source)`, returning `Spec`s (a prompt and its labels, no seed);
+A suite subclass implements `_specs(target, domain)`, returning `Spec`s (a prompt and its labels, no seed);
 the base class expands each spec over seeds, merges several targets and removes duplicate prompts.
 Seeds are base_seed, base_seed+1, …: the same prompt and seed on the original and the edited model is the pair
-the metrics compare.
+the metrics compare. Each prompt gets seeds_per_prompt seeds, or more when its aspect has too few prompts to reach
+min_images_per_aspect images.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..domain import Domain, as_domain
 from ..errors import EraseLabError
 from ..probes import Probe
-from .concepts import DOMAINS, ConceptSource, concept_source
 
 
 @dataclass(frozen=True)
@@ -44,10 +49,22 @@ class GenerationSettings:
     sampler: str = "ddim"
     base_seed: int = 0
     negative_prompt: str = ""
+    # At least this many images per aspect: an aspect with few prompts (the target is one) gets more seeds per
+    # prompt, so that every rate rests on enough images (bench sets it from --precision).
+    min_images_per_aspect: int = 0
 
     def __post_init__(self):
         if not isinstance(self.seeds_per_prompt, int) or self.seeds_per_prompt < 1:
             raise EraseLabError(f"seeds_per_prompt must be a positive integer, got {self.seeds_per_prompt!r}")
+        if not isinstance(self.base_seed, int) or self.base_seed < 0:
+            raise EraseLabError(f"base_seed must be a non-negative integer, got {self.base_seed!r}")
+        if not isinstance(self.min_images_per_aspect, int) or self.min_images_per_aspect < 0:
+            raise EraseLabError("min_images_per_aspect must be a non-negative integer, got "
+                                f"{self.min_images_per_aspect!r}")
+
+    def seeds_for(self, prompts_in_aspect: int) -> int:
+        """Seeds per prompt for an aspect with that many prompts."""
+        return max(self.seeds_per_prompt, -(-self.min_images_per_aspect // max(prompts_in_aspect, 1)))
 
 
 @dataclass
@@ -59,17 +76,16 @@ class Suite:
     ASPECTS: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)  # GenerationSettings overrides for this suite
 
-    def build(self, target: str | Iterable[str], domain: str = "miniworld", source: ConceptSource | None = None,
+    def build(self, target: str | Iterable[str], domain: Domain | str = "miniworld",
               **settings) -> list[Probe]:
         """Probes for the target(s). `settings`: any GenerationSettings field (None = the suite's default)."""
-        if domain not in DOMAINS:
-            raise EraseLabError(f"unknown domain {domain!r}; choose one of {', '.join(DOMAINS)}")
+        domain = as_domain(domain)
         gen = self.settings(**settings)
-        src = source or concept_source(domain)
         targets = [target] if isinstance(target, str) else list(target)
         if not targets:
             raise EraseLabError(f"the {self.name} suite needs at least one target concept")
-        return self.expand(self.merge([self._specs(t, src) for t in targets]), gen, self.suite_id(src))
+        return self.expand(self.merge([self._specs(t, domain) for t in targets]), gen,
+                           self.suite_id(domain))
 
     def merge(self, per_target: list[list[Spec]]) -> list[Spec]:
         """One spec list for several targets.
@@ -100,16 +116,18 @@ class Suite:
         merged = {**self.defaults, **{k: v for k, v in overrides.items() if v is not None}}
         return GenerationSettings(**merged)
 
-    def suite_id(self, src: ConceptSource) -> str:
-        return f"{self.name}/{src.domain}@v{self.version}+{src.tag()}"
+    def suite_id(self, domain: Domain) -> str:
+        return f"{self.name}/{domain.name}@v{self.version}+{domain.tag()}"
 
     @staticmethod
     def expand(specs: Iterable[Spec], gen: GenerationSettings, suite_id: str) -> list[Probe]:
+        specs = list(specs)
+        prompts = Counter(aspect for _, aspect in {(s.prompt, s.aspect) for s in specs})
         return [Probe(prompt=s.prompt, seed=gen.base_seed + i, negative_prompt=gen.negative_prompt,
                       steps=gen.steps, guidance=gen.guidance, height=gen.height, width=gen.width,
                       sampler=gen.sampler, concepts=s.concepts, aspect=s.aspect, relation=s.relation,
                       suite=suite_id, attributes=s.attributes)
-                for s in specs for i in range(gen.seeds_per_prompt)]
+                for s in specs for i in range(gen.seeds_for(prompts[s.aspect]))]
 
-    def _specs(self, target: str, src: ConceptSource) -> list[Spec]:
+    def _specs(self, target: str, domain: Domain) -> list[Spec]:
         raise NotImplementedError

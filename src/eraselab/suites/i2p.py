@@ -14,10 +14,10 @@ import csv
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from ..domain import Domain, as_domain
 from ..errors import EraseLabError
 from ..probes import Probe
 from .base import Spec, Suite
-from .concepts import ConceptSource
 
 SEED_COLUMNS = ("evaluation_seed", "sd_seed", "seed")
 GUIDANCE_COLUMNS = ("evaluation_guidance", "sd_guidance", "guidance")
@@ -35,10 +35,11 @@ class I2PSuite(Suite):
     path: str | None = None
     category: str | None = None
 
-    def build(self, target: str = "nudity", domain: str = "real", source: ConceptSource | None = None,
-              **settings) -> list[Probe]:
-        if domain != "real":
-            raise EraseLabError("the i2p suite needs a real Stable Diffusion model (domain 'real')")
+    def build(self, target: str = "nudity", domain: Domain | str = "real", **settings) -> list[Probe]:
+        domain = as_domain(domain)
+        if domain.closed_world:
+            raise EraseLabError(f"the i2p suite needs a real Stable Diffusion model, not the closed world "
+                                f"{domain.name}")
         gen = self.settings(**settings)
         rows = self.read()
         # One image per row with the row's own seed: the protocol, so seeds_per_prompt does not apply.

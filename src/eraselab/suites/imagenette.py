@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from ..domain import Domain, as_domain
 from ..errors import EraseLabError
 from ..probes import Probe
 from .base import Spec, Suite
-from .concepts import ConceptSource
 
 # class -> (ImageNet-1k index, WordNet id, other names ImageNet uses)
 CLASSES: dict[str, tuple[int, str, tuple[str, ...]]] = {
@@ -65,11 +65,11 @@ class ImagenetteSuite(Suite):
     defaults: dict = field(default_factory=lambda: {"seeds_per_prompt": 500, "steps": 100, "guidance": 7.5,
                                                     "height": 512, "width": 512})
 
-    def build(self, target: str | Iterable[str], domain: str = "real", source: ConceptSource | None = None,
-              **settings) -> list[Probe]:
-        if domain != "real":
-            raise EraseLabError("the imagenette suite needs a real Stable Diffusion model (domain 'real'); "
-                                "for miniworld use the see or erasebench suites")
+    def build(self, target: str | Iterable[str], domain: Domain | str = "real", **settings) -> list[Probe]:
+        domain = as_domain(domain)
+        if domain.closed_world:
+            raise EraseLabError(f"the imagenette suite needs a real Stable Diffusion model, not the closed "
+                                f"world {domain.name}; use the see or erasebench suites there")
         split, erased = erased_classes(target)
         specs = [Spec(PROMPT.format(cls=c), (c,), "erased" if c in erased else "preserved", split)
                  for c in CLASSES]

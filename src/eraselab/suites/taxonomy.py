@@ -1,9 +1,10 @@
 """The real-model concept taxonomy (data/taxonomy.json, built by scripts/build_taxonomy.py from WordNet 3.0).
 
-It has the miniworld World's shape — hierarchy, synonyms, attributes, relation pairs — so every hierarchy query
-(parent, ancestors, children, leaves_under, siblings, distance, unrelated) is World's own code; the taxonomy adds
-what only real concepts have: descriptions (WordNet glosses), which attribute values fit which superclass, and the
-WordNet synset / ImageNet-1k id of each concept.
+It is a Hierarchy (eraselab/hierarchy.py: hierarchy, synonyms, attributes, relation pairs), so every
+hierarchy query (parent, ancestors, children, leaves_under, siblings, distance, unrelated) is that class's
+code; the taxonomy adds what only real concepts have: descriptions (WordNet glosses), which attribute values
+fit which superclass, and the WordNet synset / ImageNet-1k id of each concept. `taxonomy_domain()` is the
+Domain of real models.
 """
 from __future__ import annotations
 
@@ -12,14 +13,16 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
+from ..domain import Domain
 from ..errors import EraseLabError
-from ..miniworld.world import World, world_fields
+from ..hierarchy import Hierarchy, hierarchy_fields
 
 TAXONOMY_FILE = Path(__file__).with_name("data") / "taxonomy.json"
 
 
 @dataclass(frozen=True)
-class Taxonomy(World):
+class Taxonomy(Hierarchy):
+    name: str = "taxonomy"
     paraphrase_map: dict[str, tuple[str, ...]] = field(default_factory=dict)
     attribute_profiles: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
     wordnet: dict[str, str] = field(default_factory=dict)
@@ -30,15 +33,6 @@ class Taxonomy(World):
             raise EraseLabError(f"{concept!r} is not in the concept taxonomy v{self.version}; choose a concept "
                                 f"listed in {TAXONOMY_FILE.name} (e.g. car, cat, apple) or use a YAML suite")
         return concept
-
-    @property
-    def _concept_set(self) -> frozenset[str]:
-        # World.concepts walks the tree on every call; the taxonomy is 10x larger, so keep a set.
-        cached = self.__dict__.get("_concepts_cache")
-        if cached is None:
-            cached = frozenset(self.concepts)
-            object.__setattr__(self, "_concepts_cache", cached)
-        return cached
 
     def descriptions(self, concept: str) -> list[str]:
         """Paraphrases that describe the concept without naming it (WordNet glosses)."""
@@ -60,10 +54,25 @@ def load_taxonomy(path: str | None = None) -> Taxonomy:
                             "scripts/build_taxonomy.py")
     raw = json.loads(p.read_text())
     return Taxonomy(
-        **world_fields(raw),
+        **hierarchy_fields(raw),
         paraphrase_map={k: tuple(v) for k, v in raw.get("paraphrases", {}).items()},
         attribute_profiles={sup: {k: tuple(v) for k, v in prof.items()}
                             for sup, prof in raw.get("attribute_profiles", {}).items()},
         wordnet=dict(raw.get("wordnet", {})),
         imagenet=dict(raw.get("imagenet", {})),
     )
+
+
+@cache
+def taxonomy_domain() -> Domain:
+    """The domain of real text-to-image models: photo captions ("a photo of a red car and a blue bus"), the
+    English word list as AP/AGE's vocabulary, CLIP as the evaluator, ImageNet names as classifier aliases."""
+    from .imagenette import aliases
+
+    tax = load_taxonomy()
+    return Domain(name="real", hierarchy=tax, data="taxonomy", template="a photo of {np}",
+                  paraphrase_templates=("a picture showing {np}", "an image of {np}"),
+                  pair_joins=("{a} and {b}", "{a} next to {b}"),
+                  prompt_templates=("a photo of {np}", "a realistic image of {np}",
+                                    "a close-up photo of {np}"),
+                  excluded=(tax.root,), vocabulary="en3k", evaluator="clip", aliases=aliases())

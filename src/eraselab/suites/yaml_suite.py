@@ -32,11 +32,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
+from ..domain import Domain, noun_phrase, read_yaml_mapping
 from ..errors import EraseLabError
 from .base import Spec, Suite
-from .concepts import ConceptSource, noun_phrase
 
 TARGET_NAMING = ("synonym", "paraphrase", "composition")
 SEE_ORDER = ("target", "synonym", "paraphrase", "composition", "child", "parent", "leak", "sibling", "unrelated")
@@ -51,16 +49,7 @@ class YamlSuite(Suite):
         if not p.is_file():
             raise EraseLabError(f"suite file {p} not found; give the path of a suite YAML (format: "
                                 "eraselab/suites/yaml_suite.py, example: suites/data/example_suite.yaml)")
-        try:
-            raw = yaml.safe_load(p.read_bytes().decode("utf-8-sig"))
-        except UnicodeDecodeError:
-            raise EraseLabError(f"suite file {p} is not UTF-8 text; save it as UTF-8 YAML") from None
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise EraseLabError(f"suite file {p}{where} is not valid YAML; fix the syntax") from None
-        if not isinstance(raw, dict):
-            raise EraseLabError(f"suite file {p} must be a mapping with name, version and targets")
+        raw = read_yaml_mapping(p, "suite", "name, version and targets")
         for key in ("name", "version", "targets"):
             if key not in raw:
                 raise EraseLabError(f"suite file {p} has no {key!r}; add it (see the example_suite.yaml format)")
@@ -86,10 +75,10 @@ class YamlSuite(Suite):
         relations = [r for rels in raw["targets"].values() for r in rels]
         self.ASPECTS = tuple(SEE_ORDER) + tuple(dict.fromkeys(r for r in relations if r not in SEE_ORDER))
 
-    def suite_id(self, src: ConceptSource) -> str:
+    def suite_id(self, domain: Domain) -> str:
         return f"{self.name}@v{self.version}"
 
-    def _specs(self, target: str, src: ConceptSource) -> list[Spec]:
+    def _specs(self, target: str, domain: Domain) -> list[Spec]:
         targets = self.raw["targets"]
         if target not in targets:
             raise EraseLabError(f"{target!r} is not a target of suite {self.name}; choose one of "

@@ -1,0 +1,67 @@
+"""Image identity: everything that decides a probe's pixels, hashed into its image key.
+
+A key is hash(model fingerprint, edit hash, probe generation key, sampler config, image size, lanes,
+numerics (device, dtype, VAE weights), library versions). Equal keys mean equal PNGs, which is what lets the
+store act as a content-addressed cache.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict
+
+import torch
+
+from ..guidance import guidance_for
+from ..models import fingerprint
+from ..probes import Probe
+from ..provenance import library_versions, sha256_hex, stable_json
+from ..samplers import sampler_config
+from .lanes import Lanes, lane_plan, lanes, resolved_size
+
+_VAE_FP_ATTR = "_eraselab_vae_fingerprint"
+
+
+def _vae_fingerprint(pipe) -> str:
+    fp = getattr(pipe, _VAE_FP_ATTR, None)
+    if fp is None:
+        h = [f"{name}|{tuple(t.shape)}|{t.dtype}".encode() + t.detach().cpu().contiguous().reshape(-1)
+             .view(torch.uint8).numpy().tobytes() for name, t in sorted(pipe.vae.state_dict().items())]
+        fp = sha256_hex(*h)[:16]
+        setattr(pipe, _VAE_FP_ATTR, fp)
+    return fp
+
+
+def numerics(pipe) -> dict:
+    """What besides the weights, the probe and the lanes decides the floating-point result."""
+    return {"device": pipe.unet.device.type, "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+            "vae": _vae_fingerprint(pipe)}
+
+
+class KeyMaker:
+    """Image keys for one request: the per-model part is hashed once, the per-probe part per call."""
+
+    def __init__(self, pipe, edit_hash: str, plan: dict[tuple[int, int], Lanes] | None = None):
+        self.pipe, self.edit_hash, self.plan = pipe, edit_hash, plan or {}
+        self.base = stable_json({"model": fingerprint(pipe), "edit": edit_hash, "numerics": numerics(pipe),
+                                 "versions": library_versions()})
+        self._samplers: dict[str, str] = {}
+
+    def sampler(self, name: str) -> str:
+        if name not in self._samplers:
+            self._samplers[name] = stable_json(sampler_config(self.pipe, name))
+        return self._samplers[name]
+
+    def __call__(self, probe: Probe) -> str:
+        h, w = resolved_size(self.pipe, probe)
+        return sha256_hex(self.base, probe.generation_key(), self.sampler(probe.sampler), f"{h}x{w}",
+                          stable_json(asdict(self.lanes(h, w))))[:32]
+
+    def lanes(self, h: int, w: int) -> Lanes:
+        return self.plan.get((h, w)) or lanes(self.pipe, h, w)
+
+
+def image_keys(pipe, probes: Sequence[Probe], edit=None, lane_policy: str = "fixed") -> list[str]:
+    """The keys `generate` would give these probes (without generating anything)."""
+    plan = lane_plan(pipe, probes, guidance_for(edit.generation if edit is not None else None), lane_policy)
+    make = KeyMaker(pipe, edit.content_hash() if edit is not None else "none", plan)
+    return [make(p) for p in probes]
