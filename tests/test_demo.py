@@ -27,7 +27,10 @@ def test_demo_runs_renders_and_resumes(tmp_path, monkeypatch, capsys):
     def must_not_run(*args, **kwargs):
         raise AssertionError("the warm demo recomputed something it had cached")
 
+    import eraselab.metrics as metrics
+
     monkeypatch.setattr(methods, "erase", must_not_run)
     monkeypatch.setattr(gen, "_denoise", must_not_run)
+    monkeypatch.setattr(metrics, "summarize", must_not_run)  # metrics are cached by what they depend on
     assert main(["demo"]) == 0
     assert (tmp_path / "eraselab-demo" / "results.json").read_text() == first

@@ -83,6 +83,8 @@ def test_sigkill_while_writing_the_report(lab):
     writes = [int(line.split("\t")[0]) for line in log.read_text().splitlines() if "\tfsync\t" in line]
     assert writes, "the report wrote nothing through the atomic writer"
     for event in random.Random(SEED).sample(writes, min(2, len(writes))):
+        # An unchanged report is kept as it is (its stamp): drop the stamp so that the page is written again.
+        (run / ".report-stamp.json").unlink(missing_ok=True)
         killed = lab.run(["report", "--run", str(run)], ERASELAB_FAULT_AT=event)
         assert killed["signal"] == signal.SIGKILL
         again = lab.run(["report", "--run", str(run)])

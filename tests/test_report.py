@@ -273,3 +273,19 @@ def test_report_in_the_browser_shows_every_image_the_glossary_and_interval_plots
                           for v in e["variants"]})
     loaded = int(re.search(r'data-images-loaded="(\d+)"', dom).group(1))
     assert loaded == thumbs + dom.count('<img class="plot"')
+
+
+def test_an_unchanged_report_is_not_rebuilt(run_copy):
+    page = write_report(run_copy)
+    stamp_before, mtime = (run_copy / ".report-stamp.json").read_text(), page.stat().st_mtime_ns
+    assert write_report(run_copy).stat().st_mtime_ns == mtime  # same results and code: kept
+    assert write_report(run_copy, self_contained=True).stat().st_mtime_ns != mtime  # another kind of page
+    mtime = page.stat().st_mtime_ns
+    results = json.loads((run_copy / "results.json").read_text())
+    results["targets"] = ["circle", "square"]
+    (run_copy / "results.json").write_text(json.dumps(results))
+    assert write_report(run_copy, self_contained=True).stat().st_mtime_ns != mtime  # other results: rebuilt
+    for png in (run_copy / "report_assets").rglob("*.png"):
+        png.unlink()
+    write_report(run_copy, self_contained=True)  # a deleted plot: rebuilt, not a page with holes
+    assert list((run_copy / "report_assets").rglob("*.png")) and stamp_before

@@ -5,6 +5,8 @@ Everything lands in one run folder, and every stage reuses what an earlier (poss
     edits/<method>/         the Edit each method made, with request.json (reused when the request matches)
     attention/<variant>.<hash>.npz  cross-attention maps of the target words (original and each method;
                             the hash names the images they describe)
+    metrics/<hash>.json     each method's metric summary, named by the hash of the judgments, features,
+                            settings and metrics code it was computed from (metrics_cache.py)
     bench.json              the settings of the results (written with them)
     results.json            metrics per method with 95% intervals, provenance, the image table for the report
     tables/*.csv            the same as CSV (metrics, per-image verdicts)
@@ -267,6 +269,7 @@ def _mean_dicts(ds: list[dict]) -> dict:
 def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = True) -> dict:
     from . import metrics
     from .generate import generate
+    from .metrics_cache import cached_summary, features_hash, table_hash
     from .models import fingerprint, load_pipeline, model_source, pick_device
     from .store import RunStore
 
@@ -301,10 +304,16 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     original_table = list(zip(probes, rows[ORIGINAL]))
     erasebench_k = None if evaluator.name == "oracle" else 1
     results_methods = {}
+    original_hash = table_hash(original_table)
     for name, edit in edits.items():
         feats = (features[ORIGINAL], features[name]) if features else None
-        m = metrics.summarize(original_table, list(zip(probes, rows[name])), list(spec.targets),
-                              hierarchy=hierarchy, aliases=aliases, erasebench_k=erasebench_k, features=feats)
+        edited_table = list(zip(probes, rows[name]))
+        inputs = {"original": original_hash, "edited": table_hash(edited_table), "targets": list(spec.targets),
+                  "hierarchy": spec.domain.tag(), "aliases": aliases, "erasebench_k": erasebench_k,
+                  "features": features_hash(feats)}
+        m = cached_summary(run_dir / "metrics", inputs, lambda: metrics.summarize(
+            original_table, edited_table, list(spec.targets), hierarchy=hierarchy, aliases=aliases,
+            erasebench_k=erasebench_k, features=feats))
         results_methods[name] = {"edit_hash": edit.content_hash(), "config": edit.config,
                                  "seconds": edit.seconds, "extras": _small_extras(edit.extras), "metrics": m}
     for name in edits:

@@ -92,6 +92,9 @@ def write_report(run_dir: str | Path, self_contained: bool = False) -> Path:
         raise EraseLabError(f"{len(missing)} file(s) that {run_dir / 'results.json'} names are missing "
                             f"(first: {missing[0]}); run `eraselab evaluate --run {run_dir}` to regenerate "
                             f"them, then `eraselab report` again")
+    stamp = _stamp(run_dir, self_contained)
+    if _up_to_date(run_dir, stamp):
+        return run_dir / "report.html"
     link = Linker(run_dir, self_contained)
     assets = run_dir / ASSETS
     figures = [(plots.tradeoff, "tradeoff.png", "erasure vs preservation, with 95 % intervals"),
@@ -119,7 +122,34 @@ def write_report(run_dir: str | Path, self_contained: bool = False) -> Path:
         num=format_number, self_contained=self_contained)
     atomic_write_text(run_dir / "report.html", html)
     atomic_write_text(run_dir / "report.md", markdown_summary(results))
+    written = sorted(str(p.relative_to(run_dir)) for p in assets.rglob("*") if p.is_file())
+    atomic_write_text(run_dir / STAMP, json.dumps({**stamp, "files": written}))
     return run_dir / "report.html"
+
+
+# What a written report was made from; a warm run whose results and report code are unchanged keeps it.
+STAMP = ".report-stamp.json"
+
+
+def _stamp(run_dir: Path, self_contained: bool) -> dict:
+    import hashlib
+
+    code = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in sorted(package.rglob("*")):
+        if path.is_file() and path.suffix in (".py", ".j2"):
+            code.update(path.name.encode() + b"\0" + path.read_bytes())
+    results = hashlib.sha256((run_dir / "results.json").read_bytes()).hexdigest()
+    return {"results": results, "code": code.hexdigest()[:16], "self_contained": self_contained}
+
+
+def _up_to_date(run_dir: Path, stamp: dict) -> bool:
+    try:
+        recorded = json.loads((run_dir / STAMP).read_text())
+    except (OSError, ValueError):
+        return False
+    files = ["report.html", "report.md", *recorded.get("files", [])]
+    return {k: recorded.get(k) for k in stamp} == stamp and all((run_dir / f).is_file() for f in files)
 
 
 def _figure(link: Linker, path: Path, alt: str) -> dict:
