@@ -289,3 +289,24 @@ def test_an_unchanged_report_is_not_rebuilt(run_copy):
         png.unlink()
     write_report(run_copy, self_contained=True)  # a deleted plot: rebuilt, not a page with holes
     assert list((run_copy / "report_assets").rglob("*.png")) and stamp_before
+
+
+def test_a_yaml_suite_relation_gets_metrics_and_a_row_in_the_report(tmp_path):
+    """A relation no metric declares ("lookalike") is measured anyway: its recognition rate and drop."""
+    from eraselab import metrics as M
+    from eraselab.probes import Probe
+
+    def table(shown):
+        return [(Probe(prompt=f"a van {i}", seed=i, concepts=("van",), aspect="lookalike", relation="lookalike"),
+                 {"labels": ["van"] if shown(i) else []}) for i in range(8)]
+
+    out = M.summarize(table(lambda i: True), table(lambda i: i < 2), "car")
+    assert out["aspect.lookalike.drop"]["value"] == pytest.approx(75.0)
+    assert out["aspect.lookalike.shown"]["value"] == 25.0 and out["aspect.lookalike.shown.original"]["value"] == 100
+    results = {"methods": {"uce": {"metrics": out}}}
+    from eraselab.report.html import _every_metric
+
+    rows = {r["key"]: r for r in _every_metric(results)["rows"]}
+    assert rows["aspect.lookalike.drop"]["label"] == "lookalike drop pp"
+    assert rows["aspect.lookalike.drop"]["cells"][1]["text"] == "75.0"
+    assert rows["aspect.lookalike.shown"]["cells"][0]["text"] == "100.0"  # the original model's value

@@ -103,6 +103,12 @@ _DECLARED = (
                "distributions; bias-corrected (small samples inflate it)", "bootstrap-bc"),
     MetricInfo("seconds", "erase s", "lower", "s", "wall-clock seconds the method took to make the edit",
                "bootstrap"),
+    # Any aspect no metric above reads (a relation of a user's YAML suite) still gets these two.
+    MetricInfo("aspect.<aspect>.shown", "<aspect>: own concept shown %", None, "%",
+               "images of the <aspect> prompts in which the evaluator finds the probe's own concept", "wilson"),
+    MetricInfo("aspect.<aspect>.drop", "<aspect> drop pp", "lower", "pp",
+               "recognition of the <aspect> prompts' own concepts on the original minus on the edited model, same "
+               "prompts and seeds", "paired-jeffreys"),
 )
 
 
@@ -139,6 +145,11 @@ def describe(key: str) -> MetricInfo | None:
                           definition=f"{out.definition}; on the unedited model")
         return out
     return None
+
+
+def consumed_aspects() -> frozenset[str]:
+    """The probe aspects some declared metric reads; every other aspect gets the generic aspect.* metrics."""
+    return frozenset(a for info in _DECLARED for a in info.consumes)
 
 
 def all_infos() -> tuple[MetricInfo, ...]:

@@ -618,6 +618,14 @@ def summarize(original: Table, edited: Table, targets: str | Sequence[str], hier
         out.update({f"see.attribute_{k}.original": m for k, m in attribute_leakage(original, rec, **boot).items()})
     if "unrelated" in aspects:
         out.update({f"see.unrelated.{k}": m for k, m in unrelated_preservation(pairs, rec, see_k, **boot).items()})
+    from .metric_info import consumed_aspects
+
+    for aspect in sorted(aspects - consumed_aspects() - {""}):  # e.g. a relation of a user's YAML suite
+        chosen = per_image(x for x in pairs if x[0].aspect == aspect)
+        out[f"aspect.{aspect}.shown"] = rate([shows_own(rec, p, re, see_k) for p, _, re in chosen], **boot)
+        out[f"aspect.{aspect}.shown.original"] = rate([shows_own(rec, p, ro, see_k) for p, ro, _ in chosen],
+                                                      **boot)
+        out[f"aspect.{aspect}.drop"] = recognition_drop(chosen, rec, see_k, **boot)
     taus = sorted({float(t) for _, r in edited for t in (r.get("exposed") or {})})
     for tau in taus:
         out[f"nudity.exposed@{tau:g}"] = exposed_rate(edited, tau, **boot)

@@ -118,7 +118,7 @@ def write_report(run_dir: str | Path, self_contained: bool = False) -> Path:
         unreadable_half_width=UNREADABLE_HALF_WIDTH, plots=made, attention_figs=attention_figs,
         attention_rows=_attention_rows(results), grids=_grids(results, variants, link), variants=variants,
         glossary=_glossary(results, head["columns"]), aspect_terms=_aspect_terms(results),
-        attention_terms=ATTENTION_TERMS, sampler_settings=[_sampler(s) for s in results["sampler"]],
+        attention_terms=ATTENTION_TERMS, every_metric=_every_metric(results), sampler_settings=[_sampler(s) for s in results["sampler"]],
         num=format_number, self_contained=self_contained)
     atomic_write_text(run_dir / "report.html", html)
     atomic_write_text(run_dir / "report.md", markdown_summary(results))
@@ -196,6 +196,25 @@ def _cell_view(cell: dict | None, col: Column, best: bool, unreadable: bool) -> 
     cls = "unreadable" if unreadable else ("best" if best else "")
     return {"text": format_number(cell["value"]), "ci": ci, "n": f"n={int(n)}" if is_number(n) else "",
             "cls": cls, "title": " · ".join(parts)}
+
+
+# ---- every metric ------------------------------------------------------------------------------------------
+def _every_metric(results: dict) -> dict:
+    """Every metric key of results.json (the original's value beside each method's), so no number is hidden."""
+    methods = list(results.get("methods", {}))
+    keys = sorted({k for r in results["methods"].values() for k in r.get("metrics", {})
+                   if not k.endswith(".original")})
+    rows = []
+    for key in keys:
+        info = metric_info.describe(key)
+        col = Column(key, info.label if info else key, info.direction if info else None,
+                     info.unit if info else "", info.definition if info else "")
+        original = next((r["metrics"].get(key + ".original") for r in results["methods"].values()
+                         if r.get("metrics", {}).get(key + ".original")), None)
+        cells = [original] + [results["methods"][m]["metrics"].get(key) for m in methods]
+        rows.append({"key": key, "label": col.label, "definition": col.definition,
+                     "cells": [_cell_view(c, col, False, False) for c in cells]})
+    return {"methods": methods, "rows": rows}
 
 
 # ---- glossary ----------------------------------------------------------------------------------------------
