@@ -11,6 +11,7 @@ import pytest
 
 from eraselab.errors import EraseLabError
 from eraselab.registry import Registry
+from test_bench_report import _spec, tiny_model_dir  # noqa: F401  (a fixture, and the stand-in evaluator)
 
 
 class Base:
@@ -214,3 +215,38 @@ def test_listing_names_imports_no_method_or_evaluator_module_and_guidance_needs_
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"hook": "SafeLatentGuidance", "loaded": []}
+
+
+def test_a_method_from_outside_the_package_runs_through_bench(monkeypatch, tiny_model_dir, tmp_path):  # noqa: F811
+    """A third-party eraser (here: halve one cross-attention value projection) registered from outside
+    eraselab is validated, erased, generated and measured by `bench` like a built-in one."""
+    import torch
+
+    from eraselab.bench import run_bench
+    from eraselab.edits import edit_from_changes, named_parameters, snapshot
+    from eraselab.methods import METHODS, register
+    from eraselab.methods.base import Eraser, MethodConfig
+
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))
+
+    @register
+    class HalveValues(Eraser):
+        name = "halve-values"
+        description = "halves the first cross-attention value projection"
+        Config = MethodConfig
+
+        def erase(self, pipe, request):
+            name = next(n for n in named_parameters(pipe) if n.endswith("attn2.to_v.weight"))
+            before = snapshot(pipe, [name])
+            with torch.no_grad():
+                named_parameters(pipe)[name].mul_(0.5)
+            try:
+                return edit_from_changes(pipe, before, self.name, targets=list(request.targets))
+            finally:
+                with torch.no_grad():
+                    named_parameters(pipe)[name].copy_(before[name])
+
+    results = run_bench(_spec(tiny_model_dir, methods=("halve-values",), suites=("see",), attention=False),
+                        tmp_path / "run", say=lambda m: None, progress=False)
+    assert "halve-values" in results["methods"]
+    assert results["methods"]["halve-values"]["metrics"]["target.recognition"]["n"] > 0
