@@ -128,7 +128,9 @@ class Official:
             e_n = self.model(z, t, encoder_hidden_states=emb_n).sample
             e_r = self.model(z_r, t, encoder_hidden_states=emb_r).sample
         a = ddim_grid(self.pipe)[2][t_enc]
-        x0 = lambda zz, e: (zz - torch.sqrt(1 - a) * e) / torch.sqrt(a)
+        def x0(zz, e):
+            return (zz - torch.sqrt(1 - a) * e) / torch.sqrt(a)
+
         mse = torch.nn.MSELoss()
         if theta_step:
             loss = mse(x0(z, e_n), x0(z, e_0_org) - eta * (x0(z, e_n_org) - x0(z, e_0_org)))
@@ -208,7 +210,9 @@ def theta_and_search_step(pipe, method, cfg, mode="hard", top_k=1, age=False, la
                 ref_named = dict(ref.model.named_parameters())
                 # Relative to the whole trained group's norm: the batched and the reference's separate UNet
                 # calls round differently, which a single small-gradient tensor would magnify.
-                flat = lambda ts: torch.cat([t.flatten() for t in ts])
+                def flat(ts):
+                    return torch.cat([t.flatten() for t in ts])
+
                 diffs["theta_grad"] = rel(flat(named[n].grad for n in session.names),
                                           flat(ref_named[n].grad for n in session.names))
                 diffs["theta_update"] = rel(flat(named[n].detach() - session.originals[n] for n in session.names),
@@ -216,8 +220,9 @@ def theta_and_search_step(pipe, method, cfg, mode="hard", top_k=1, age=False, la
                                                  for n in session.names))
             else:
                 before = logits.detach().clone()
-                objective = lambda c: method.search_objective(session, schedule, z, z_r, t_ddpm, t_x0,
-                                                              cond, uncond, cfg, c)
+                def objective(c):
+                    return method.search_objective(session, schedule, z, z_r, t_ddpm, t_x0, cond, uncond, cfg, c)
+
                 _, value = search_step(logits, pi_opt, enc(cands), objective, weights)
                 diffs["search_loss"] = abs(value + loss_ref) / abs(loss_ref)
                 diffs["search_grad"] = rel(logits.grad, ref.one_hot.grad[0])

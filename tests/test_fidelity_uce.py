@@ -38,8 +38,8 @@ def projection_names(pipe):
     """Edit names of the official projection list: every to_v, then every to_k."""
     names = {id(m): n for n, m in pipe.unet.named_modules()}
     layers = cross_attention_layers(pipe.unet)
-    return [f"unet.{names[id(l.to_v)]}.weight" for l in layers] + [f"unet.{names[id(l.to_k)]}.weight"
-                                                                    for l in layers]
+    return [f"unet.{names[id(layer.to_v)]}.weight" for layer in layers] + [
+        f"unet.{names[id(layer.to_k)]}.weight" for layer in layers]
 
 
 def tokenize(pipe, texts):

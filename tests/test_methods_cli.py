@@ -15,7 +15,6 @@ from eraselab.methods.params import in_group
 from eraselab.methods.sld import STRENGTHS
 
 
-
 def test_every_method_of_the_issue_is_registered():
     assert set(method_names()) == {"esd-x", "esd-u", "esd-x-strict", "uce", "ap", "age", "rece", "ca",
                                    "negprompt", "sld"}

@@ -9,7 +9,6 @@ from eraselab.methods.rece import adversarial_embedding
 from eraselab.models import compute_fingerprint
 
 
-
 def encode_independently(pipe, prompt):
     tok = pipe.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
     with torch.no_grad():

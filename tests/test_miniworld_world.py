@@ -3,8 +3,15 @@ import numpy as np
 import pytest
 
 from eraselab.miniworld.captions import caption
-from eraselab.miniworld.render import (COLOR_RGB, IMAGE_SIZE, object_alpha, render_dataset, render_scene,
-                                       sample_scene, scene_from_spec)
+from eraselab.miniworld.render import (
+    COLOR_RGB,
+    IMAGE_SIZE,
+    object_alpha,
+    render_dataset,
+    render_scene,
+    sample_scene,
+    scene_from_spec,
+)
 from eraselab.miniworld.world import WORLD
 
 

@@ -7,7 +7,13 @@ import torch
 
 from eraselab.edits import Edit, edit_from_changes, snapshot
 from eraselab.errors import EraseLabError
-from eraselab.models import clip_tokenizer, compute_fingerprint, fingerprint, load_pipeline, tiny_random_pipeline
+from eraselab.models import (
+    clip_tokenizer,
+    compute_fingerprint,
+    fingerprint,
+    load_pipeline,
+    tiny_random_pipeline,
+)
 
 KEY = "unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight"
 

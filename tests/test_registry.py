@@ -8,10 +8,10 @@ import types
 from importlib.metadata import EntryPoint
 
 import pytest
+from test_bench_report import _spec, tiny_model_dir  # noqa: F401  (a fixture, and the stand-in evaluator)
 
 from eraselab.errors import EraseLabError
 from eraselab.registry import Registry
-from test_bench_report import _spec, tiny_model_dir  # noqa: F401  (a fixture, and the stand-in evaluator)
 
 
 class Base:

@@ -27,11 +27,10 @@ Groups of metrics:
 """
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-
-import math
 
 import numpy as np
 

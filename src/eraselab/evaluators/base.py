@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..errors import EraseLabError
-from ..models import pick_device  # noqa: F401  (evaluators import it from here)
 from ..models import _offline as hub_offline
+from ..models import pick_device  # noqa: F401  (evaluators import it from here)
 from ..provenance import sha256_hex, stable_json
 from ..registry import Registry
 

@@ -237,8 +237,7 @@ class EraseRequest:
         if both:
             raise EraseLabError(f"{both[0]!r} is both a target and a preserved concept; pass it to only one of "
                                 "--target and --preserve")
-        dedup = lambda xs: list(dict.fromkeys(xs))
-        return dedup(targets), dedup(preserve)
+        return list(dict.fromkeys(targets)), list(dict.fromkeys(preserve))
 
 
 class Eraser:
