@@ -13,7 +13,9 @@ files already there). Each verdict is computed from the results by the rule prin
   resamples, seed 0): "reproduces" only when that interval excludes 0 in the paper's direction, "opposite" when it
   excludes 0 the other way, "not shown" when it contains 0;
 - "not measurable on this model" when no target meets the finding's precondition on the original model (e.g. the
-  parent prompt never draws the target), with the gate that would make it measurable.
+  parent prompt never draws the target), with the gate that would make it measurable;
+- "undecided" when fewer than MIN_TARGETS (5) targets carry the effect: a bootstrap over so few targets cannot
+  tell a finding from one target's quirks.
 """
 from __future__ import annotations
 
@@ -29,6 +31,8 @@ from eraselab.miniworld.world import WORLD
 
 HERE = Path(__file__).resolve().parent
 PRECONDITION = 10.0  # % the original model must show a route's target before evasion through it can be measured
+# A bootstrap over fewer targets than this cannot tell an effect from one target's quirks: no verdict then.
+MIN_TARGETS = 5
 EFFECT_RULE = ("erasure: target shown ≤ 20 % of the original model's rate; collateral: unrelated-concept drop "
                "≤ 20 pp (point values)")
 
@@ -61,7 +65,9 @@ def pooled(per_target: dict[str, float], seed: int = 0) -> tuple[float, float, f
 def verdict(stat, direction: int = 1) -> str:
     if stat is None:
         return "not measurable on this model"
-    _, low, high, _ = stat
+    _, low, high, k = stat
+    if k < MIN_TARGETS:
+        return f"undecided ({k} target{'s' if k != 1 else ''}; a verdict needs {MIN_TARGETS})"
     if (low > 0 and direction > 0) or (high < 0 and direction < 0):
         return "reproduces"
     if (low > 0 and direction < 0) or (high < 0 and direction > 0):
@@ -163,17 +169,19 @@ def verdicts(all_results: dict[str, dict]) -> list[str]:
         verdict(stat), "needs attributed targets such as 'red circle' among --targets")
 
     # Attention concentration / dispersal of the target word's cross-attention.
-    changed = []
+    changed, with_maps = [], set()
     for t, r in all_results.items():
         for m, mr in r["methods"].items():
             for w, by in (mr.get("attention_change") or {}).items():
                 if w in t.split() and by.get("target"):
                     changed.append(by["target"]["verdict"] in ("concentrated", "dispersed"))
+                    with_maps.add(t)
     from eraselab.metrics import rate
 
     share = rate(changed) if changed else None
     outcome = ("not measurable on this model" if share is None else
-               "reproduces" if share.low > 10 else "not shown")
+               f"undecided ({len(with_maps)} targets; a verdict needs {MIN_TARGETS})"
+               if len(with_maps) < MIN_TARGETS else "reproduces" if share.low > 10 else "not shown")
     add("attention concentration or dispersal of the target's tokens", "SEE",
         "share of (method, target) pairs whose target-word attention is 'concentrated' or 'dispersed' (entropy "
         "and top-5 % mass move together past tolerance); reproduces when its 95 % Wilson lower bound > 10 %",
@@ -239,7 +247,8 @@ def main() -> None:
              + (" Wall time per target: " + ", ".join(f"{t} {s:.0f} s" for t, s in timings.items()) + "."
                 if timings else ""), "",
              "Verdicts pool every target: an effect per target, its mean over targets with a 95 % bootstrap "
-             "interval over targets; 'reproduces' only when the interval excludes 0 in the paper's direction. "
+             "interval over targets; 'reproduces' only when the interval excludes 0 in the paper's direction, "
+             f"and only with at least {MIN_TARGETS} targets behind it. "
              "A verdict says whether this model shows the finding, not whether the paper is right.", "",
              "## Verdicts", "", "| finding | source | rule | measured (mean [95 % CI]) | verdict |",
              "|---|---|---|---|---|", *verdicts(all_results), "",
