@@ -168,9 +168,9 @@ def make_edits(pipe, spec: BenchSpec, run_dir: Path, say) -> dict:
     from .models import fingerprint
 
     edits = {}
+    domain = spec.user_domain()  # read once: a user's domain is a YAML file
     for method in spec.methods:
         config = spec.method_config.get(method, {})
-        domain = spec.user_domain()
         _, request = build_request(method, spec.targets, spec.preserve, pipe=pipe, domain=domain, **config)
         record = request_record(method, request.targets, request.preserve, request.config.as_dict(),
                                 fingerprint(pipe))
@@ -304,12 +304,12 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     original_table = list(zip(probes, rows[ORIGINAL]))
     erasebench_k = None if evaluator.name == "oracle" else 1
     results_methods = {}
-    original_hash = table_hash(original_table)
+    original_hash, domain_tag = table_hash(original_table), spec.domain.tag()
     for name, edit in edits.items():
         feats = (features[ORIGINAL], features[name]) if features else None
         edited_table = list(zip(probes, rows[name]))
         inputs = {"original": original_hash, "edited": table_hash(edited_table), "targets": list(spec.targets),
-                  "hierarchy": spec.domain.tag(), "aliases": aliases, "erasebench_k": erasebench_k,
+                  "hierarchy": domain_tag, "aliases": aliases, "erasebench_k": erasebench_k,
                   "features": features_hash(feats)}
         m = cached_summary(run_dir / "metrics", inputs, lambda: metrics.summarize(
             original_table, edited_table, list(spec.targets), hierarchy=hierarchy, aliases=aliases,
