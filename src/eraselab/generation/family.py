@@ -7,6 +7,20 @@ from __future__ import annotations
 
 from ..errors import EraseLabError
 
+# The model families eraselab names: "sd" (SD 1.x/2.x: UNet + one CLIP text encoder), "sdxl" (UNet + two text
+# encoders, pooled text and added time ids), "flux" (MMDiT transformer, T5 + CLIP pooled text, flow matching).
+FAMILIES = ("sd", "sdxl", "flux")
+
+
+def family_of(pipe) -> str:
+    """The family of a diffusers pipeline (or an object with the same components), from its parts."""
+    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
+        return "flux"
+    unet_config = getattr(getattr(pipe, "unet", None), "config", {})
+    if getattr(pipe, "text_encoder_2", None) is not None or unet_config.get("addition_embed_type"):
+        return "sdxl"
+    return "sd"
+
 
 def check_supported(pipe) -> None:
     """Refuse, in one line, pipelines the generation engine cannot run (so nothing is made for them)."""
