@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from eraselab.shaped_models import parameter_counts, sd14_shaped_pipeline
+
 pytestmark = pytest.mark.slow
 
 SUITE = """\
@@ -28,40 +30,14 @@ targets:
 """
 
 
-def sd14_sized_pipeline():
-    """SD 1.4's architecture (its published configs) with random weights."""
-    import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    from eraselab.models import clip_tokenizer
-
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8,
-                                block_out_channels=(320, 640, 1280, 1280), layers_per_block=2)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2, sample_size=512,
-                        block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                        up_block_types=("UpDecoderBlock2D",) * 4)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                        num_hidden_layers=12, num_attention_heads=12,
-                                        max_position_embeddings=77, hidden_act="quick_gelu",
-                                        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407))
-    scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                              skip_prk_steps=True, steps_offset=1, set_alpha_to_one=False)
-    return StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=clip_tokenizer(), unet=unet,
-                                   scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                   requires_safety_checker=False)
-
-
 @pytest.fixture(scope="module")
 def journey(tmp_path_factory):
     from conftest import save_clip_folder, tiny_clip_model
 
     root = tmp_path_factory.mktemp("sd14")
     started = time.perf_counter()
-    pipe = sd14_sized_pipeline()
-    sizes = {n: sum(p.numel() for p in getattr(pipe, n).parameters())
-             for n in ("unet", "text_encoder", "vae")}
+    pipe = sd14_shaped_pipeline()
+    sizes = parameter_counts(pipe)
     assert 855e6 < sizes["unet"] < 865e6 and 120e6 < sizes["text_encoder"] < 126e6, sizes
     pipe.save_pretrained(root / "model")
     del pipe
