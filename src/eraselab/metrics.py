@@ -190,8 +190,7 @@ def mean(values: Iterable[float], n_boot: int = N_BOOT, seed: int = 0) -> Metric
 def image_id(probe: Probe) -> tuple:
     """What decides an image's pixels: two probes with equal ids (one prompt and seed in two suites) are one
     image, counted once by every metric."""
-    return (probe.prompt, probe.seed, probe.negative_prompt, probe.steps, probe.guidance, probe.height,
-            probe.width, probe.sampler)
+    return probe.generation_values()
 
 
 def per_image(items: Iterable[tuple]) -> list[tuple]:

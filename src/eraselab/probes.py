@@ -13,6 +13,10 @@ SAMPLERS = ("ddim", "pndm", "euler", "euler_a", "dpm++", "ddpm", "lms")
 MAX_PROMPT_CHARS = 10_000
 
 
+# What decides an image's pixels (labels such as concepts or aspect do not).
+GENERATION_FIELDS = ("prompt", "seed", "negative_prompt", "steps", "guidance", "height", "width", "sampler")
+
+
 @dataclass(frozen=True)
 class Probe:
     """One seeded generation request and its labels.
@@ -54,9 +58,11 @@ class Probe:
             raise EraseLabError(f"image size {self.height}x{self.width} must be multiples of 8 (0 = default)")
 
     def generation_fields(self) -> dict:
-        d = asdict(self)
-        return {k: d[k] for k in ("prompt", "seed", "negative_prompt", "steps", "guidance", "height", "width",
-                                  "sampler")}
+        return dict(zip(GENERATION_FIELDS, self.generation_values()))
+
+    def generation_values(self) -> tuple:
+        """The values of GENERATION_FIELDS, in order: cheap (no asdict), for grouping thousands of probes."""
+        return tuple(getattr(self, name) for name in GENERATION_FIELDS)
 
     def generation_key(self) -> str:
         """Hash of what decides the pixels (independent of labels)."""
