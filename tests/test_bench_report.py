@@ -74,8 +74,14 @@ def test_second_bench_run_reuses_everything(bench_run, tiny_model_dir, monkeypat
 
     monkeypatch.setattr(methods, "erase", boom)
     monkeypatch.setattr(gen, "_denoise", boom)
-    again = run_bench(_spec(tiny_model_dir), out, say=lambda m: None, progress=False)
-    assert again["results_hash"] == results["results_hash"]
+    said = []
+    again = run_bench(_spec(tiny_model_dir), out, say=said.append, progress=False)
+    assert again["results_hash"] == results["results_hash"] and "nothing changed" in said[-1]
+    # Without the stamp (run_stamp.py) each stage still reuses its own cache: edits, images, judgments.
+    (out / "bench-stamp.json").unlink()
+    said.clear()
+    again = run_bench(_spec(tiny_model_dir), out, say=said.append, progress=False)
+    assert again["results_hash"] == results["results_hash"] and not any("nothing changed" in m for m in said)
 
 
 def test_report_is_escaped_and_complete(bench_run):

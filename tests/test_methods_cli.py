@@ -16,8 +16,9 @@ from eraselab.methods.sld import STRENGTHS
 
 
 def test_every_method_of_the_issue_is_registered():
-    assert set(method_names()) == {"esd-x", "esd-u", "esd-x-strict", "uce", "ap", "age", "rece", "ca",
-                                   "negprompt", "sld"}
+    # A subset: later issues register more methods.
+    assert {"esd-x", "esd-u", "esd-x-strict", "uce", "ap", "age", "rece", "ca", "negprompt",
+            "sld"} <= set(method_names())
 
 
 @pytest.mark.parametrize("kwargs,message", [

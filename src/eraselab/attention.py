@@ -1,7 +1,12 @@
 """Cross-attention maps of chosen words, captured during generation, and how concentrated they are.
 
 Capture. `AttentionRecorder` wraps the attention processor of every cross-attention module (`attn2`) of
-`pipe.unet`. The wrapper calls the original processor unchanged (so images are bit-identical with and without
+`pipe.unet` (SD 1.x/2.x and SDXL alike: SDXL's keys are its two encoders' states concatenated along features,
+so token positions are those of the shared CLIP BPE). On Flux it wraps the joint attention of every
+double-stream block (`transformer_blocks.*.attn`, the blocks with separate text projections) and keeps the
+text→image part: image queries against the T5 text keys, softmax taken over all (text and image) keys as the
+model does, so a word's map is its share of each image token's attention; tokens are T5's (`tokenizer_2`).
+The wrapper calls the original processor unchanged (so images are bit-identical with and without
 recording) and, beside it, recomputes softmax(QKᵀ/√d) for the conditional rows only, keeps the columns of the
 chosen words' tokens, averages over heads, resamples every layer's map bilinearly to the latent resolution and
 accumulates; the stored map is the mean over layers (equal weight) and denoising steps.
@@ -173,6 +178,43 @@ class _RecordingProcessor:
         return out
 
 
+class _FluxRecordingProcessor:
+    """Runs the original joint-attention processor, and records the image rows' attention to chosen text
+    tokens."""
+
+    def __init__(self, original, recorder: AttentionRecorder, name: str):
+        self.original = original
+        self.recorder = recorder
+        self.name = name
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                 image_rotary_emb=None, **kwargs):
+        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, image_rotary_emb,
+                            **kwargs)
+        if encoder_hidden_states is not None:
+            self.recorder._record_joint(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+        return out
+
+
+def _recording_sites(pipe):
+    """(denoiser, [(name, module)] to wrap, processor wrapper, tokenizer of the recorded text) by family."""
+    from .generation.family import family_of
+
+    if family_of(pipe) == "flux":
+        transformer = pipe.transformer
+        if type(transformer).__name__ != "FluxTransformer2DModel":
+            raise EraseLabError(f"attention recording reads UNet cross-attention or Flux joint attention; "
+                                f"this pipeline's {type(transformer).__name__} has neither; run with "
+                                "--no-attention")
+        sites = [(n, m) for n, m in transformer.named_modules()
+                 if n.startswith("transformer_blocks.") and n.endswith(".attn")
+                 and hasattr(m, "set_processor")]
+        return transformer, sites, _FluxRecordingProcessor, getattr(pipe, "tokenizer_2", None)
+    sites = [(n, m) for n, m in pipe.unet.named_modules()
+             if n.endswith("attn2") and hasattr(m, "set_processor")]
+    return pipe.unet, sites, _RecordingProcessor, getattr(pipe, "tokenizer", None)
+
+
 class AttentionRecorder:
     """Average cross-attention maps of chosen words per probe over layers, heads and steps (see module doc).
 
@@ -200,7 +242,7 @@ class AttentionRecorder:
     def on_batch_start(self, pipe, probes: Sequence, cond_rows: Sequence[int] | None = None) -> None:
         if self._originals:
             raise EraseLabError("the attention recorder is already installed; call on_batch_end first")
-        tokenizer = getattr(pipe, "tokenizer", None)
+        denoiser, sites, wrapper, tokenizer = _recording_sites(pipe)
         if tokenizer is None:
             from .models import clip_tokenizer
 
@@ -212,15 +254,15 @@ class AttentionRecorder:
                        "layout": None}
         # The latent size is read from the UNet's input at each call rather than from the probes, so the
         # layout of every layer's map is known whatever image size the engine chose.
-        self._unet_hook = pipe.unet.register_forward_pre_hook(self._see_latent, with_kwargs=True)
-        for name, module in pipe.unet.named_modules():
-            if name.endswith("attn2") and hasattr(module, "set_processor"):
-                self._originals[name] = (module, module.processor)
-                module.set_processor(_RecordingProcessor(module.processor, self, name))
+        self._unet_hook = denoiser.register_forward_pre_hook(self._see_latent, with_kwargs=True)
+        for name, module in sites:
+            self._originals[name] = (module, module.processor)
+            module.set_processor(wrapper(module.processor, self, name))
         if not self._originals:
             self.restore()
             self._batch = None
-            raise EraseLabError("this UNet has no cross-attention (attn2) modules to record")
+            raise EraseLabError("this denoiser has no cross-attention (attn2) or joint-attention modules to "
+                                "record")
 
     def on_batch_end(self, probes: Sequence, image_keys: Sequence[str]) -> None:
         self.restore()
@@ -253,9 +295,15 @@ class AttentionRecorder:
         groups = {w: token_positions(tokenizer, probe.prompt, w) for w in words}
         return {w: pos for w, pos in groups.items() if pos}
 
-    def _see_latent(self, unet, args, kwargs) -> None:
+    def _see_latent(self, denoiser, args, kwargs) -> None:
+        if self._batch is None:
+            return
+        image_ids = kwargs.get("img_ids")
+        if image_ids is not None:  # Flux: packed tokens, their (row, column) in ids columns 1 and 2
+            self._batch["latent"] = (int(image_ids[:, 1].max()) + 1, int(image_ids[:, 2].max()) + 1)
+            return
         sample = args[0] if args else kwargs.get("sample")
-        if self._batch is not None and sample is not None:
+        if sample is not None:
             self._batch["latent"] = tuple(sample.shape[-2:])
 
     def on_unet_call(self, step_index: int, timestep, rows: Sequence) -> None:
@@ -324,6 +372,46 @@ class AttentionRecorder:
                 prev = b["sums"][i][w]
                 b["sums"][i][w] = m if prev is None else prev + m
             b["calls"][i] += 1  # one (layer, step) contribution to this probe's average
+
+    @torch.no_grad()
+    def _record_joint(self, attn, hidden_states, encoder_hidden_states, rotary) -> None:
+        """Flux double-stream block: image queries against [text; image] keys (RoPE as the processor applies
+        it), softmax over all keys, the text columns kept; one head at a time to bound memory."""
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        b = self._batch
+        if b is None or not any(b["groups"]):
+            return
+        if b["latent"] is None:
+            raise EraseLabError("the attention recorder saw a joint-attention call before any transformer "
+                                "call; run the denoiser through pipe.transformer")
+        hw = b["latent"]
+        if self.resolutions is not None and max(hw) not in self.resolutions:
+            return
+        pairs = [(row, i) for row, i in self._cond_rows(hidden_states.shape[0]) if b["groups"][i]]
+        if not pairs:
+            return
+        idx = torch.tensor([row for row, _ in pairs], device=hidden_states.device)
+        hs, ehs = hidden_states.index_select(0, idx), encoder_hidden_states.index_select(0, idx)
+        text_len = ehs.shape[1]
+        query = attn.norm_q(attn.to_q(hs).unflatten(-1, (-1, attn.head_dim)))
+        key = torch.cat([attn.norm_added_k(attn.add_k_proj(ehs).unflatten(-1, (-1, attn.head_dim))),
+                         attn.norm_k(attn.to_k(hs).unflatten(-1, (-1, attn.head_dim)))], dim=1)
+        if rotary is not None:
+            query = apply_rotary_emb(query, tuple(r[text_len:] for r in rotary), sequence_dim=1)
+            key = apply_rotary_emb(key, rotary, sequence_dim=1)
+        heads = query.shape[2]
+        probs = 0
+        for h in range(heads):
+            scores = torch.einsum("bnd,bsd->bns", query[:, :, h].float(), key[:, :, h].float())
+            probs = probs + (scores * query.shape[-1] ** -0.5).softmax(dim=-1)[:, :, :text_len] / heads
+        for r, (_, i) in enumerate(pairs):
+            groups = b["groups"][i]
+            for w in groups:
+                m = probs[r][:, groups[w]].sum(-1).view(*hw)
+                prev = b["sums"][i][w]
+                b["sums"][i][w] = m if prev is None else prev + m
+            b["calls"][i] += 1
 
     # results --------------------------------------------------------------------------------------------------
     def metrics(self) -> dict[str, dict[str, dict[str, float]]]:

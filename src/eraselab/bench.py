@@ -7,6 +7,8 @@ Everything lands in one run folder, and every stage reuses what an earlier (poss
                             the hash names the images they describe)
     metrics/<hash>.json     each method's metric summary, named by the hash of the judgments, features,
                             settings and metrics code it was computed from (metrics_cache.py)
+    bench-stamp.json        the signature of the finished run's inputs: an unchanged re-run reuses
+                            results.json without loading the model (run_stamp.py)
     bench.json              the settings of the results (written with them)
     results.json            metrics per method with 95% intervals, provenance, the image table for the report
     tables/*.csv            the same as CSV (metrics, per-image verdicts)
@@ -129,6 +131,7 @@ def validate(spec: BenchSpec) -> None:
                             "automatically")
     for method in spec.methods:
         eraser_cls, request = build_request(method, spec.targets, spec.preserve, pipe=None, domain=user_domain,
+                                            model=spec.model,
                                             **spec.method_config.get(method, {}))
         eraser_cls.check_model(request, spec.model)
     for suite in spec.suites:
@@ -271,11 +274,18 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     from .generate import generate
     from .metrics_cache import cached_summary, features_hash, table_hash
     from .models import fingerprint, load_pipeline, model_source, pick_device
+    from .run_stamp import STAMP, reusable_results, signature, write_stamp
     from .store import RunStore
 
     validate(spec)
     run_dir = Path(run_dir)
     _check_writable(run_dir)
+    # A finished run whose inputs did not change is not done again: no model is loaded (run_stamp.py).
+    sig = signature(spec)
+    earlier = reusable_results(run_dir, sig)
+    if earlier is not None:
+        say(f"nothing changed since the last run in {run_dir} ({STAMP}): its results are reused")
+        return earlier
     probes = build_probes(spec)
     # The evaluator first: a missing evaluator model must fail in seconds, not after hours of erasing.
     say(f"{len(probes)} probes from {', '.join(spec.suites)}; loading the evaluator {spec.evaluator_name()}")
@@ -344,6 +354,7 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     # settings of the results already in the folder, which `eraselab evaluate` re-runs.
     atomic_write_text(run_dir / "bench.json", json.dumps(asdict(spec), indent=1, default=str))
     _write_outputs(run_dir, results)
+    write_stamp(run_dir, sig, results)
     return results
 
 

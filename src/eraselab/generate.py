@@ -1,4 +1,4 @@
-"""Deterministic, batched, cached, sharded image generation for Stable-Diffusion-family pipelines.
+"""Deterministic, batched, cached, sharded image generation for SD 1.x/2.x, SDXL and Flux pipelines.
 
 `generate(pipe, probes, store)` turns probes into PNGs in a RunStore and returns their image keys. It runs
 its own denoising loop instead of `pipe.__call__` so that it can
@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from .edits import applied_edit
 from .errors import EraseLabError, warn_once
 from .generation.denoise import denoise_batch as _denoise  # looked up here at call time (tests patch it)
-from .generation.family import check_family, check_supported
+from .generation.family import check_generation_family, check_supported, generation_family
 from .generation.hooks import GenerationHook
 from .generation.keys import KeyMaker, image_keys, numerics
 from .generation.lanes import (
@@ -42,6 +42,7 @@ from .generation.lanes import (
     lanes,
     probe_branches,
     resolved_size,
+    uses_cfg,
 )
 from .generation.png import images_for, png_bytes
 from .generation.progress import progress_bar, report
@@ -55,9 +56,9 @@ from .store import RunStore, producer_info
 from .threads import rebalance_threads
 
 __all__ = ["LANE_POLICIES", "TEXT_LANE", "UNET_LANE_LIMITS", "UNET_LANE_PIXELS", "VAE_LANE_LIMITS",
-           "VAE_LANE_PIXELS", "GenerationHook", "Guidance", "Lanes", "auto_batch_size", "check_family",
-           "check_supported", "default_image_size", "distributed_state", "generate", "image_keys",
-           "images_for", "lane_plan", "lanes", "numerics", "resolve_shard", "resolved_size"]
+           "VAE_LANE_PIXELS", "GenerationHook", "Guidance", "Lanes", "auto_batch_size",
+           "check_generation_family", "check_supported", "default_image_size", "distributed_state", "generate",
+           "image_keys", "images_for", "lane_plan", "lanes", "numerics", "resolve_shard", "resolved_size"]
 
 
 @dataclass
@@ -103,6 +104,7 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
         edit.check_base(pipe)
     edit_hash = edit.content_hash() if edit is not None else "none"
     guidance = guidance_for(edit.generation if edit is not None else None)
+    generation_family(pipe).check_request(guidance, probes)
     for reason in dict.fromkeys(filter(None, map(guidance.inactive_reason, probes))):
         warn_once(reason)
     shard = resolve_shard(shard)
@@ -141,7 +143,7 @@ def _batches(pipe, work: _Batch, guidance: Guidance, batch_size: int | None,
         g.keys.append(k)
     out = []
     for g in groups.values():
-        rows_per_probe = max(len(probe_branches(guidance, p)) for p in g.probes)
+        rows_per_probe = max(len(probe_branches(guidance, p, uses_cfg(pipe))) for p in g.probes)
         size = batch_size or auto_batch_size(pipe, g.probes[0], rows_per_probe,
                                              make_key.lanes(*resolved_size(pipe, g.probes[0])))
         out += [_Batch(g.probes[i:i + size], g.keys[i:i + size]) for i in range(0, len(g.probes), size)]
@@ -152,7 +154,7 @@ def _generate_missing(pipe, work: _Batch, store: RunStore, edit_to_apply, guidan
                       progress: bool, hooks, shard, run_id: str, make_key: KeyMaker, total: int) -> None:
     texts = TextEmbeddings(pipe)
     model, edit_hash = fingerprint(pipe), make_key.edit_hash
-    producer = producer_info(shard, pipe.unet.device.type)
+    producer = producer_info(shard, texts.family.denoiser.device.type)
     label = "generating" + (f" (shard {shard[0] + 1}/{shard[1]})" if shard else "")
     bar, task = progress_bar(progress, total, total - len(work.keys), label)
     if edit_to_apply is not None:

@@ -149,8 +149,21 @@ def _usable_device(device) -> torch.device:
     return dev
 
 
-def _pipeline_kwargs() -> dict:
+def _pipeline_kwargs(index: dict | None = None) -> dict:
+    """Switch the safety checker off in pipelines that have one (SDXL and Flux pipelines have none, and warn
+    about arguments they do not take). `index` is the pipeline's model_index.json, when known."""
+    if index is not None and "safety_checker" not in index:
+        return {}
     return {"safety_checker": None, "requires_safety_checker": False}
+
+
+def _model_index(path: Path) -> dict | None:
+    import json
+
+    try:
+        return json.loads((path / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable: loading reports it in its own words
+        return None
 
 
 @contextmanager
@@ -177,7 +190,8 @@ def _from_folder(path: Path):
 
     try:
         with _quiet_loading():
-            return DiffusionPipeline.from_pretrained(str(path), local_files_only=True, **_pipeline_kwargs())
+            return DiffusionPipeline.from_pretrained(str(path), local_files_only=True,
+                                                     **_pipeline_kwargs(_model_index(path)))
     except Exception as exc:  # a damaged folder fails in many ways (safetensors, JSON, class and shape errors)
         raise EraseLabError(f"could not load the pipeline in {path}: {_first_line(exc)}; check that the "
                             "folder is complete (model_index.json and every component's weights)") from exc
@@ -284,7 +298,11 @@ def tiny_random_pipeline(seed: int = 0, sd1_shapes: bool = False, text_dim: int 
 
 
 def default_image_size(pipe) -> int:
-    return int(pipe.unet.config.sample_size) * int(getattr(pipe, "vae_scale_factor", 8))
+    """The pipeline's own default image side: the UNet's sample size in pixels (SD 1.x 512, SD 2.x-v 768,
+    SDXL 1024), or a transformer pipeline's default sample size (Flux: 128 latent pixels, 1024 px)."""
+    unet = getattr(pipe, "unet", None)
+    sample = unet.config.sample_size if unet is not None else getattr(pipe, "default_sample_size", 128)
+    return int(sample) * int(getattr(pipe, "vae_scale_factor", 8))
 
 
 def list_local_models() -> list[dict]:

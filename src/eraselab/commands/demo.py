@@ -21,6 +21,7 @@ def register(app: typer.Typer) -> None:
         methods: str = typer.Option("uce,esd-x,ap", "--methods", help="Comma-separated methods."),
         target: str = typer.Option("circle", "--target", "-t", help="The concept to erase."),
         out: Path = typer.Option(Path("eraselab-demo"), "--out", "-o", help="Where the run and report go."),
+        precision: float = typer.Option(DEMO_PRECISION, "--precision", help="Target 95 % half-width of every rate in percentage points (25 → 12 images per aspect; larger is faster and coarser)."),
     ):
         """Erase TARGET with each method, run the SEE and EraseBench suites on the original and edited models,
         judge the images, and write report.html. A second run reuses every cached edit, image and judgment.
@@ -33,7 +34,7 @@ def register(app: typer.Typer) -> None:
 
         start = time.perf_counter()
         spec = BenchSpec(model=model, methods=comma_list(methods), targets=(target,), suites=("see", "erasebench"),
-                         precision=DEMO_PRECISION)
+                         precision=precision)
         results = run_bench(spec, out, say=lambda m: console.print(f"[dim]·[/dim] {m}"))
         report = write_report(out)
         console.print(summary_table(results))

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         target, preserve = list(distinct(target, "--target")), list(distinct(preserve, "--preserve"))
         settings = key_values(config)
         # Everything that can be checked without the weights is checked first, so bad input fails in seconds.
-        build_request(method, target, preserve or [], **settings)
+        build_request(method, target, preserve or [], model=model, **settings)
         check_world_concepts(model, [*target, *(preserve or [])])
         if (out / EDIT_META).exists() and not force:
             raise EraseLabError(f"{out} already holds an edit; pass another --out or --force to overwrite it")

@@ -1,7 +1,9 @@
-"""Which pipelines the generation engine can run: SD 1.x/2.x-style (UNet + VAE + CLIP text encoder).
+"""Which pipelines the generation engine can run, and the family object that runs each.
 
-Generation and erasure both refuse the others in one line before any work (an edit for a model family the
-engine cannot generate with could never be used).
+The engine generates with SD 1.x/2.x-style pipelines (UNet + VAE + CLIP text encoder), SDXL base-style ones
+(two text encoders, pooled text, added time ids) and Flux ones (MMDiT transformer, T5 + pooled CLIP text);
+check_generation_family refuses the others in one line before any work (erasure calls it too: an edit for a
+pipeline the engine cannot generate with could never be used).
 """
 from __future__ import annotations
 
@@ -22,25 +24,69 @@ def family_of(pipe) -> str:
     return "sd"
 
 
+# The components each family's generation needs.
+_PARTS = {"sd": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
+          "sdxl": ("unet", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2", "scheduler"),
+          "flux": ("transformer", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2",
+                   "scheduler")}
+_DESCRIPTION = {"sd": "Stable Diffusion 1.x/2.x (UNet + VAE + CLIP text encoder)",
+                "sdxl": "SDXL base (UNet + VAE + two CLIP text encoders)",
+                "flux": "Flux (MMDiT transformer + VAE + CLIP and T5 text encoders)"}
+
+
 def check_supported(pipe) -> None:
     """Refuse, in one line, pipelines the generation engine cannot run (so nothing is made for them)."""
-    parts = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
-    missing = [n for n in parts if getattr(pipe, n, None) is None]
-    if missing and not (missing == ["unet"] and getattr(pipe, "transformer", None) is not None):
-        raise EraseLabError(f"the pipeline has no {missing[0]}; eraselab generates with Stable Diffusion "
-                            "1.x/2.x style pipelines (UNet + VAE + CLIP text encoder)")
-    check_family(pipe)
+    check_generation_family(pipe)
 
 
-def check_family(pipe) -> None:
-    """Refuse model families the engine does not support yet (SDXL, transformer-based, guidance-embedded)."""
-    if getattr(pipe, "unet", None) is None and getattr(pipe, "transformer", None) is not None:
-        raise EraseLabError("transformer-based pipelines (Flux/SD3-style) are not supported yet; use an SD "
-                            "1.x/2.x model")
-    unet_config = getattr(getattr(pipe, "unet", None), "config", {})
-    if getattr(pipe, "text_encoder_2", None) is not None or unet_config.get("addition_embed_type"):
-        raise EraseLabError("SDXL-style pipelines (two text encoders, added time ids) are not supported by "
-                            "the generation engine yet; use an SD 1.x/2.x model")
+def check_generation_family(pipe) -> str:
+    """The pipeline's family when the generation engine can run it; otherwise a one-line EraseLabError."""
+    family = family_of(pipe)
+    if family == "flux":
+        return _check_flux(pipe)
+    if family == "sdxl" and getattr(pipe, "text_encoder", None) is None \
+            and getattr(pipe, "text_encoder_2", None) is not None:
+        raise EraseLabError("this SDXL pipeline has no first text encoder (an SDXL refiner, an image-to-image "
+                            "model); generate with the SDXL base model")
+    missing = [n for n in _PARTS[family] if getattr(pipe, n, None) is None]
+    if missing:
+        raise EraseLabError(f"the pipeline has no {missing[0]}; eraselab generates with "
+                            f"{' or '.join(_DESCRIPTION.values())} pipelines")
+    unet_config = getattr(pipe.unet, "config", {})
+    if family == "sdxl" and unet_config.get("addition_embed_type") != "text_time":
+        raise EraseLabError(f"this UNet's added condition is {unet_config.get('addition_embed_type')!r}; "
+                            "eraselab generates with SDXL-style UNets whose added condition is 'text_time'")
     if unet_config.get("time_cond_proj_dim") is not None:
         raise EraseLabError("guidance-embedded (LCM-style) UNets are not supported by the generation engine; "
-                            "use an SD 1.x/2.x model")
+                            "use an SD 1.x/2.x or SDXL model")
+    return family
+
+
+def _check_flux(pipe) -> str:
+    transformer = pipe.transformer
+    if type(transformer).__name__ != "FluxTransformer2DModel":
+        raise EraseLabError(f"{type(transformer).__name__} pipelines (SD3-style and other transformers) are "
+                            "not supported by the generation engine; use an SD 1.x/2.x, SDXL or Flux model")
+    missing = [n for n in _PARTS["flux"] if getattr(pipe, n, None) is None]
+    if missing:
+        raise EraseLabError(f"the Flux pipeline has no {missing[0]}; eraselab generates with "
+                            f"{_DESCRIPTION['flux']} pipelines")
+    return "flux"
+
+
+def generation_family(pipe):
+    """The object the denoising loop asks for everything family-specific (generation/sd.py, sdxl.py,
+    flux.py)."""
+    family = check_generation_family(pipe)
+    if family == "flux":
+        from .flux import FluxFamily
+
+        return FluxFamily(pipe)
+    if family == "sdxl":
+        from .sdxl import SDXLFamily
+
+        return SDXLFamily(pipe)
+    from .sd import SDFamily
+
+    return SDFamily(pipe)
+

@@ -1,8 +1,9 @@
 """Image identity: everything that decides a probe's pixels, hashed into its image key.
 
 A key is hash(model fingerprint, edit hash, probe generation key, sampler config, image size, lanes,
-numerics (device, dtype, VAE weights), library versions). Equal keys mean equal PNGs, which is what lets the
-store act as a content-addressed cache.
+numerics (device, dtype, VAE weights), library versions, and for families other than SD the family's
+settings that decide pixels, e.g. SDXL's time ids and zeroed empty negative prompt). Equal keys mean equal
+PNGs, which is what lets the store act as a content-addressed cache.
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from ..guidance import guidance_for
 from ..models import fingerprint
 from ..probes import Probe
 from ..provenance import library_versions, sha256_hex, stable_json
-from ..samplers import sampler_config
+from .family import generation_family
 from .lanes import Lanes, lane_plan, lanes, resolved_size
 
 _VAE_FP_ATTR = "_eraselab_vae_fingerprint"
@@ -33,8 +34,15 @@ def _vae_fingerprint(pipe) -> str:
 
 def numerics(pipe) -> dict:
     """What besides the weights, the probe and the lanes decides the floating-point result."""
-    return {"device": pipe.unet.device.type, "dtype": str(pipe.unet.dtype).replace("torch.", ""),
+    denoiser = denoiser_of(pipe)
+    return {"device": denoiser.device.type, "dtype": str(denoiser.dtype).replace("torch.", ""),
             "vae": _vae_fingerprint(pipe)}
+
+
+def denoiser_of(pipe) -> torch.nn.Module:
+    """The UNet, or the transformer of a pipeline that has no UNet."""
+    unet = getattr(pipe, "unet", None)
+    return unet if unet is not None else pipe.transformer
 
 
 class KeyMaker:
@@ -42,13 +50,17 @@ class KeyMaker:
 
     def __init__(self, pipe, edit_hash: str, plan: dict[tuple[int, int], Lanes] | None = None):
         self.pipe, self.edit_hash, self.plan = pipe, edit_hash, plan or {}
-        self.base = stable_json({"model": fingerprint(pipe), "edit": edit_hash, "numerics": numerics(pipe),
-                                 "versions": library_versions()})
+        base = {"model": fingerprint(pipe), "edit": edit_hash, "numerics": numerics(pipe),
+                "versions": library_versions()}
+        family = generation_family(pipe).key_settings()
+        if family:  # SD keys stay as they were before other families existed, so stored images stay valid
+            base["family"] = family
+        self.base = stable_json(base)
         self._samplers: dict[str, str] = {}
 
     def sampler(self, name: str) -> str:
         if name not in self._samplers:
-            self._samplers[name] = stable_json(sampler_config(self.pipe, name))
+            self._samplers[name] = stable_json(generation_family(self.pipe).sampler_config(name))
         return self._samplers[name]
 
     def __call__(self, probe: Probe) -> str:

@@ -60,10 +60,10 @@ def lanes(pipe, height: int, width: int, rows: int | None = None) -> Lanes:
                  vae=_power_of_two_within(VAE_LANE_PIXELS // (height * width), VAE_LANE_LIMITS))
 
 
-def probe_branches(guidance: Guidance, probe: Probe) -> list[tuple[str, str]]:
+def probe_branches(guidance: Guidance, probe: Probe, cfg: bool = True) -> list[tuple[str, str]]:
     """(branch name, text) rows for one probe. Plain CFG at guidance <= 1 runs the conditional branch only, as
-    the diffusers pipeline does."""
-    if type(guidance) is Guidance and probe.guidance <= 1:
+    the diffusers pipeline does; so do families without classifier-free guidance (`cfg=False`, Flux)."""
+    if not cfg or (type(guidance) is Guidance and probe.guidance <= 1):
         return [("cond", probe.prompt)]
     rows = [("uncond", guidance.negative_prompt(probe.negative_prompt)), ("cond", probe.prompt)]
     rows += [(f"extra{j}", text) for j, text in enumerate(guidance.extra_prompts())]
@@ -83,8 +83,15 @@ def lane_plan(pipe, probes: Sequence[Probe], guidance: Guidance, policy: str) ->
     rows: dict[tuple[int, int], int] = {}
     for p in {p.generation_key(): p for p in probes}.values():
         size = resolved_size(pipe, p)
-        rows[size] = rows.get(size, 0) + len(probe_branches(guidance, p))
+        rows[size] = rows.get(size, 0) + len(probe_branches(guidance, p, uses_cfg(pipe)))
     return {size: lanes(pipe, *size, rows=n) for size, n in rows.items()}
+
+
+def uses_cfg(pipe) -> bool:
+    """Whether the pipeline's family runs classifier-free guidance branches (Flux: no)."""
+    from .family import generation_family
+
+    return generation_family(pipe).classifier_free_guidance
 
 
 def auto_batch_size(pipe, probe: Probe, branches: int, lane: Lanes | None = None) -> int:

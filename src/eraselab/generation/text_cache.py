@@ -1,39 +1,40 @@
-"""Text embeddings for one generate() request: each distinct string encoded once, in fixed lanes."""
+"""Text conditioning for one generate() request: each distinct string encoded once, in fixed lanes."""
 from __future__ import annotations
 
 from collections.abc import Iterable
 
 import torch
 
-from .lanes import TEXT_LANE, in_lanes
+# Stands for "no negative prompt" in families that condition it on zeros rather than on the encoding of "".
+ZERO_TEXT = None
 
 
 class TextEmbeddings:
-    """Encodes each distinct string once per generate() call, in fixed lanes, the way diffusers' encode_prompt
-    does for SD 1.x/2.x (max-length padding, truncation, last hidden state)."""
+    """Encodes each distinct string once per generate() call through the family's text encoder(s) (see
+    generation/sd.py); a text's conditioning is a list of tensors (SD: hidden states; SDXL: hidden states and
+    pooled text; Flux: T5 states and pooled CLIP text)."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, family=None):
+        from .family import generation_family
+
         self.pipe = pipe
-        self.cache: dict[str, torch.Tensor] = {}
-        config = pipe.text_encoder.config
-        self.use_mask = bool(getattr(config, "use_attention_mask", False))
+        self.family = family or generation_family(pipe)
+        self.cache: dict[str | None, list[torch.Tensor]] = {}
 
-    def encode(self, texts: Iterable[str]) -> None:
-        todo = list(dict.fromkeys(t for t in texts if t not in self.cache))
-        if not todo:
-            return
-        tok = self.pipe.tokenizer(todo, padding="max_length", max_length=self.pipe.tokenizer.model_max_length,
-                                  truncation=True, return_tensors="pt")
-        device = self.pipe.text_encoder.device
-        ids, mask = tok.input_ids.to(device), tok.attention_mask.to(device)
+    def encode(self, texts: Iterable[str | None]) -> None:
+        texts = list(texts)
+        todo = list(dict.fromkeys(t for t in texts if t is not ZERO_TEXT and t not in self.cache))
+        if ZERO_TEXT in texts and not todo and not self.cache:
+            todo = [""]  # zeros take the shapes of an encoding, so encode one
+        if todo:
+            encoded = self.family.encode(todo)
+            for n, text in enumerate(todo):
+                self.cache[text] = [part[n] for part in encoded]
+        if ZERO_TEXT in texts and ZERO_TEXT not in self.cache:
+            self.cache[ZERO_TEXT] = [torch.zeros_like(part) for part in next(iter(self.cache.values()))]
 
-        def run(ids_chunk, mask_chunk):
-            return self.pipe.text_encoder(ids_chunk, attention_mask=mask_chunk if self.use_mask else None)[0]
-
-        embeds = in_lanes(run, [ids, mask], TEXT_LANE).to(self.pipe.text_encoder.dtype)
-        for text, e in zip(todo, embeds):
-            self.cache[text] = e
-
-    def stack(self, texts: list[str]) -> torch.Tensor:
+    def stack(self, texts: list[str | None]) -> list[torch.Tensor]:
+        """Each conditioning tensor stacked over `texts`, in order."""
         self.encode(texts)
-        return torch.stack([self.cache[t] for t in texts])
+        parts = [self.cache[t] for t in texts]
+        return [torch.stack(column) for column in zip(*parts)]

@@ -10,6 +10,10 @@ eraselab's own improvements are config options that every reference recipe leave
 changes on top of the recipe (the embedded model has 8×8 latents and a small text encoder, so it needs fewer
 steps). Preset "auto" picks "miniworld" for the embedded model or any UNet under 50 M parameters, else "sd".
 Precedence, lowest first: field defaults, recipe, preset, the user's own values.
+
+Model families (generation/family.py: "sd", "sdxl", "flux"): each Eraser declares the families it runs on, and
+each Recipe the families its reference code was written for; on a model, the default recipe is the method's
+first recipe for the model's family (e.g. UCE's SDXL and Flux scripts on those models).
 """
 from __future__ import annotations
 
@@ -26,6 +30,8 @@ from ..errors import EraseLabError, warn_once
 PRESETS = ("auto", "sd", "miniworld")
 PRESET_MODELS = {"sd": "Stable Diffusion 1.x-sized models", "miniworld": "the embedded miniworld model"}
 TINY_UNET_PARAMS = 50_000_000
+# How messages and `eraselab methods` name the model families of generation/family.py.
+FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "flux": "Flux"}
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class Recipe:
     reference: Reference
     summary: str
     defaults: Mapping = field(default_factory=dict)
+    families: tuple[str, ...] = ("sd",)  # the model families the reference code runs on
 
     def provenance(self) -> dict:
         return {"name": self.name, "repository": self.reference.repository, "commit": self.reference.commit,
@@ -75,22 +82,37 @@ class MethodConfig:
                                       "each method's recipes; empty = the default, the first)"}
 
     @classmethod
-    def recipe_named(cls, name: str = "") -> Recipe | None:
-        """The recipe called `name` ("" = the default); None for a method without recipes."""
+    def recipe_named(cls, name: str = "", family: str | None = None) -> Recipe | None:
+        """The recipe called `name` ("" = the default: the first, or with `family` the first written for that
+        model family); None for a method without recipes. A named recipe must suit `family` (when given)."""
         if not cls.recipes:
             if name:
                 raise EraseLabError(f"recipe {name!r} is unknown: this method has no recipes; drop the recipe key")
             return None
+        fitting = [r for r in cls.recipes if family is None or family in r.families]
         if not name:
-            return cls.recipes[0]
+            return fitting[0] if fitting else cls.recipes[0]
         for r in cls.recipes:
             if r.name == name:
+                if r not in fitting and fitting:
+                    choices = " or ".join(f.name for f in fitting)
+                    raise EraseLabError(f"recipe {name!r} reproduces code for {'/'.join(r.families)} models, "
+                                        f"not {family}; choose {choices} (or drop the recipe key)")
                 return r
         raise EraseLabError(f"unknown recipe {name!r}; choose one of {', '.join(r.name for r in cls.recipes)}")
 
     @property
     def recipe_info(self) -> Recipe | None:
         return type(self).recipe_named(self.recipe)
+
+    @classmethod
+    def default_recipes(cls) -> dict[str, str]:
+        """Each model family's default recipe (the first written for it)."""
+        out = {}
+        for r in cls.recipes:
+            for f in r.families:
+                out.setdefault(f, r.name)
+        return out
 
     @classmethod
     def field_types(cls) -> dict[str, type]:
@@ -116,7 +138,7 @@ class MethodConfig:
             warn_once(f"preset {preset} was tuned for {PRESET_MODELS[preset]}, not for this model (preset=auto "
                       f"picks {auto_preset(pipe)} here); its steps and learning rates may do too little or too "
                       "much")
-        recipe = cls.recipe_named(values.get("recipe", ""))
+        recipe = cls.recipe_named(values.get("recipe", ""), model_family(pipe) if pipe is not None else None)
         merged = {**(recipe.defaults if recipe else {}), **(cls.miniworld if preset == "miniworld" else {}),
                   **values, "preset": preset, "recipe": recipe.name if recipe else ""}
         config = cls(**merged)
@@ -173,6 +195,13 @@ def coerce(value, typ, key: str):
     else:  # pragma: no cover - configs only use the four scalar types
         raise TypeError(f"config field {key} has unsupported type {typ}")
     raise EraseLabError(f"config {key} must be {typ.__name__}, not {value!r}")
+
+
+def model_family(pipe) -> str:
+    """The pipeline's model family: "sd", "sdxl" or "flux" (generation/family.py)."""
+    from ..generation.family import family_of
+
+    return family_of(pipe)
 
 
 def auto_preset(pipe) -> str:
@@ -246,8 +275,20 @@ class Eraser:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    # Inference-time methods change guidance, not weights, so they work on any model.
+    # The model families the method runs on (generation/family.py FAMILIES): those where an official version
+    # exists, or where the method needs nothing family-specific.
+    families: ClassVar[tuple[str, ...]] = ("sd",)
+    # Inference-time methods change guidance, not weights, so they need no cross-attention.
     needs_cross_attention: ClassVar[bool] = True
+
+    @classmethod
+    def check_family(cls, family: str) -> None:
+        """Refuse, in one line, a model family the method does not run on."""
+        if family not in cls.families:
+            runs_on = " and ".join(FAMILY_NAMES.get(f, f) for f in cls.families)
+            raise EraseLabError(f"{cls.name or cls.__name__} runs on {runs_on} models, not on this "
+                                f"{FAMILY_NAMES.get(family, family)} pipeline; use such a model or another "
+                                "method (`eraselab methods` shows which method runs on which family)")
 
     def erase(self, pipe, request: EraseRequest):
         """Return an Edit; the pipeline's weights are left as they were."""

@@ -121,8 +121,9 @@ def _bcast(a: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return a.reshape(-1, *([1] * (like.dim() - 1))) if a.dim() else a
 
 
-def unet_out(unet, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
-    """The UNet's raw prediction for a batch; `cond` is (B, tokens, d) or (tokens, d) shared by the batch."""
+def unet_out(unet, x: torch.Tensor, t, cond: torch.Tensor, added: dict | None = None) -> torch.Tensor:
+    """The UNet's raw prediction for a batch; `cond` is (B, tokens, d) or (tokens, d) shared by the batch;
+    `added`: SDXL's added conditions (added_cond_kwargs, one row per sample)."""
     if cond.dim() == 2:
         cond = cond.unsqueeze(0)
     if cond.shape[0] != x.shape[0]:
@@ -130,7 +131,8 @@ def unet_out(unet, x: torch.Tensor, t, cond: torch.Tensor) -> torch.Tensor:
     tt = torch.as_tensor(t, device=x.device)
     if tt.dim() == 0:
         tt = tt.expand(x.shape[0])
-    return unet(x, tt, encoder_hidden_states=cond.to(x.dtype)).sample
+    extra = {} if added is None else {"added_cond_kwargs": added}
+    return unet(x, tt, encoder_hidden_states=cond.to(x.dtype), **extra).sample
 
 
 @torch.no_grad()

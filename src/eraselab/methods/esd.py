@@ -23,7 +23,12 @@ References (rohitgandikota/erasing):
 The later diffusers rewrite writes target = ε*(c) − η′ (ε*(c) − ε*(∅)); the two agree when η′ = η + 1, so its
 default η′ = 2 is the paper's η = 1 (`paper_eta(eta_prime)` converts).
 
-eraselab's own options, off in both recipes: `anchor_unconditional` (a term keeping ε_θ(∅) at ε*(∅)) and
+- recipe "sdxl" (the default on SDXL, for esd-x and esd-x-strict): the same commit, esd_sdxl.py with
+  utils/sdxl_utils.py; the step is methods/esd_sdxl.py. 200 iterations, lr 2e-4, η′ 1 (= the paper's η 0),
+  rollout with the frozen model, the pipeline's scheduler, CFG 2, 50 steps, 1024 px. No official ESD exists
+  for Flux, so ESD refuses Flux models.
+
+eraselab's own options, off in all recipes: `anchor_unconditional` (a term keeping ε_θ(∅) at ε*(∅)) and
 `timestep_pairing="in-bin"` (train inside the rolled-out latent's own timestep bin).
 """
 from __future__ import annotations
@@ -35,7 +40,17 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
+from .base import (
+    Eraser,
+    EraseRequest,
+    MethodConfig,
+    Recipe,
+    Reference,
+    model_family,
+    non_negative,
+    one_of,
+    positive,
+)
 from .diffusion import PAIRINGS, SAMPLERS, NoiseSchedule, latent_shape, rollout
 from .params import GROUPS
 from .registry import register
@@ -68,6 +83,12 @@ COMPVIS_RECIPE = Recipe("compvis", COMPVIS, "the paper's CompVis training script
                         "rollout with the trained model, CompVis timestep pairing")
 DIFFUSERS_SUMMARY = ("the diffusers rewrite: 200 steps at lr 5e-5, rollout with the frozen model and the "
                      "pipeline's scheduler at 1024 px, trained at the rollout's own timestep")
+SDXL = Reference(REPOSITORY, "25613d27892326e0c7770f7f3555bea4be150089", "esd_sdxl.py")
+# esd_sdxl.py's defaults; its η′ 1 is the paper's η 0 (target ε*(∅)).
+SDXL_SETTINGS = {**DIFFUSERS_SETTINGS, "lr": 2e-4, "negative_guidance": 0.0, "rollout_guidance": 2.0}
+SDXL_RECIPE = Recipe("sdxl", SDXL, "the SDXL script: 200 steps at lr 2e-4, η′ 1 (paper η 0), rollout with the "
+                     "frozen model and the pipeline's scheduler at CFG 2, 1024 px, trained at the rollout's "
+                     "timestep", SDXL_SETTINGS, families=("sdxl",))
 
 
 @dataclass
@@ -85,7 +106,7 @@ class ESDConfig(MethodConfig):
     anchor_unconditional: float = 0.0
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
-        COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY, DIFFUSERS_SETTINGS))
+        COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY, DIFFUSERS_SETTINGS), SDXL_RECIPE)
 
     # 8×8 latents and a small UNet: a tenth of the iterations at a larger step size reach the same loss drop.
     # The paper's loss lets ε(∅) follow ε(c) on miniworld: ε(c) moves away from the concept but ε(∅) nearly
@@ -128,16 +149,30 @@ class ESD(Eraser):
     def erase(self, pipe, request: EraseRequest):
         cfg: ESDConfig = request.config
         group = cfg.parameter_group or self.group
+        sdxl = model_family(pipe) == "sdxl"
+        if sdxl:
+            from .esd_sdxl import SDXLSteps, check_sdxl_config
+
+            check_sdxl_config(cfg)
         session = TrainingSession(pipe, group, cfg.lr, cfg.seed)
         try:
-            encode = PromptEncoder(pipe)
-            conds = dict(zip(request.targets, encode([concept_prompt(pipe, t) for t in request.targets])))
-            uncond = encode([""])[0]
-            schedule = NoiseSchedule.from_pipe(pipe, cfg.ddim_steps, cfg.rollout_sampler)
+            if sdxl:
+                steps = SDXLSteps(pipe, request.targets, cfg)
+
+                def step():
+                    return steps.iteration(session, session.choice(request.targets), cfg)
+            else:
+                encode = PromptEncoder(pipe)
+                conds = dict(zip(request.targets, encode([concept_prompt(pipe, t) for t in request.targets])))
+                uncond = encode([""])[0]
+                schedule = NoiseSchedule.from_pipe(pipe, cfg.ddim_steps, cfg.rollout_sampler)
+
+                def step():
+                    return self.iteration(session, schedule, conds[session.choice(request.targets)], uncond, cfg,
+                                          pipe)
             with progress_bar(cfg.iterations, self.name, request.progress) as advance:
                 for _ in range(cfg.iterations):
-                    advance(self.iteration(session, schedule, conds[session.choice(request.targets)], uncond,
-                                           cfg, pipe))
+                    advance(step())
         except BaseException:
             session.restore()
             raise
@@ -181,6 +216,7 @@ class ESDX(ESD):
     name = "esd-x"
     description = "ESD fine-tuning of all cross-attention parameters (styles, specific objects)"
     group = "x"
+    families = ("sd", "sdxl")
 
 
 @dataclass
@@ -214,7 +250,7 @@ class ESDXStrictConfig(ESDConfig):
     rollout_sampler: str = DIFFUSERS_SETTINGS["rollout_sampler"]
     image_size: int = DIFFUSERS_SETTINGS["image_size"]
 
-    recipes: ClassVar[tuple[Recipe, ...]] = (Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY),)
+    recipes: ClassVar[tuple[Recipe, ...]] = (Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY), SDXL_RECIPE)
     # Only the K/V projections train, a fraction of ESD-x's parameters, so on miniworld they need a larger
     # step. They also project the empty prompt, so ε(∅) moves with every step, and a stronger anchor (λ = 4)
     # than ESD-x's holds it across training seeds (trials in benchmarks/RESULTS.md).
@@ -227,3 +263,4 @@ class ESDXStrict(ESD):
     description = "ESD fine-tuning of the cross-attention key/value projections only"
     group = "x-strict"
     Config = ESDXStrictConfig
+    families = ("sd", "sdxl")

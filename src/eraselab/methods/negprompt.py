@@ -36,6 +36,8 @@ class NegativePrompt(Eraser):
     description = "inference-time: sample with the target concepts as the negative prompt"
     Config = NegativePromptConfig
     needs_cross_attention = False
+    # Acts through classifier-free guidance, which Flux (guidance-distilled) does not run.
+    families = ("sd", "sdxl")
 
     def erase(self, pipe, request: EraseRequest):
         negative = ", ".join(concept_prompt(pipe, t) for t in request.targets)

@@ -54,6 +54,8 @@ class SLD(Eraser):
     description = "inference-time: safe latent diffusion guidance away from the target concepts"
     Config = SLDConfig
     needs_cross_attention = False
+    # Acts through classifier-free guidance, which Flux (guidance-distilled) does not run.
+    families = ("sd", "sdxl")
 
     def erase(self, pipe, request: EraseRequest):
         cfg: SLDConfig = request.config

@@ -61,6 +61,48 @@ class PromptEncoder:
         return max(self._lengths[prompt] - 2, 0)
 
 
+class SDXLPromptEncoder(PromptEncoder):
+    """SDXL's text conditioning, as StableDiffusionXLPipeline.encode_prompt builds it: each tokenizer/encoder
+    pair's penultimate hidden states, concatenated along the features (768 + 1280 = 2048 wide on SDXL base,
+    the width of the UNet's cross-attention), and the second encoder's projected pooled output (`pooled`).
+    Token positions (`last_subject_index`) count the first tokenizer's tokens, as the official UCE script."""
+
+    def __init__(self, pipe, batch_size: int = 64):
+        super().__init__(pipe, batch_size)
+        self.tokenizer_2, self.text_encoder_2 = pipe.tokenizer_2, pipe.text_encoder_2
+        self._pooled: dict[str, torch.Tensor] = {}
+
+    def _forward(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:
+        hidden = []
+        pairs = ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2))
+        for tokenizer, encoder in pairs:
+            tokens = tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                               truncation=True, return_tensors="pt")
+            out = encoder(tokens.input_ids.to(encoder.device), output_hidden_states=True)
+            hidden.append(out.hidden_states[-2].float().to(self.device))
+            if tokenizer is self.tokenizer:
+                lengths = [int(n) for n in tokens.attention_mask.sum(1)]
+        for p, pooled in zip(prompts, out[0].float().to(self.device)):
+            self._pooled[p] = pooled
+            self.passes[p] = self.passes.get(p, 0) + 1
+        return torch.cat(hidden, dim=-1), lengths
+
+    def pooled(self, prompts) -> torch.Tensor:
+        """The second encoder's projected pooled outputs for `prompts`: (n, projection_dim)."""
+        prompts = [prompts] if isinstance(prompts, str) else list(prompts)
+        self(prompts)
+        return torch.stack([self._pooled[p] for p in prompts])
+
+
+def prompt_encoder(pipe, batch_size: int = 64) -> PromptEncoder:
+    """The text conditioning of the pipeline's UNet: SDXL's two encoders, or the one CLIP encoder of SD."""
+    from ..generation.family import family_of
+
+    if family_of(pipe) == "sdxl":
+        return SDXLPromptEncoder(pipe, batch_size)
+    return PromptEncoder(pipe, batch_size)
+
+
 # miniworld's captions always name an object as "a circle": its small text encoder (causal, 64-wide) gives the
 # bare word a vector far from the one it has in every caption, so methods condition on the caption form there.
 MINIWORLD_TEMPLATE = "a {}"

@@ -58,13 +58,15 @@ class TrainingSession:
         self.losses: list[float] = []
 
     # ---- models ---------------------------------------------------------------------------------------------
-    def trained_out(self, x, t, cond):
-        return unet_out(self.unet, x, t, cond)
+    def trained_out(self, x, t, cond, added: dict | None = None):
+        """θ's prediction; `added`: SDXL's added conditions (added_cond_kwargs)."""
+        return unet_out(self.unet, x, t, cond, added)
 
-    def frozen_out(self, x, t, cond):
+    def frozen_out(self, x, t, cond, added: dict | None = None):
         """θ*'s prediction; differentiable in the inputs (AP's concept search needs that), not in θ."""
+        extra = {} if added is None else {"added_cond_kwargs": added}
         return torch.func.functional_call(self.unet, self.originals, (x, self._t(x, t)),
-                                          {"encoder_hidden_states": self._c(x, cond)}).sample
+                                          {"encoder_hidden_states": self._c(x, cond), **extra}).sample
 
     @staticmethod
     def _t(x, t):

@@ -16,13 +16,19 @@ Recipes (config `recipe`):
   the retained texts are the empty prompt plus the preserved concepts (`retain_empty`), each with all 77 token
   rows (`preserve_tokens=all`); s_p = max(0.1, 1/|retained texts|) (`preserve_scale=-1`, "auto"); λ 0.5, s_e 1.
 - "current": the same repository @28c81ed5a3e41277c1a0dc55f738e7ab188e9718, trainscripts/uce_sd_erase.py: the
-  last word token only, for targets and preserved concepts alike, no empty prompt retained, s_p 1.
+  last word token only, for targets and preserved concepts alike, no empty prompt retained, s_p 1. The same
+  script edits SDXL (its README's SDXL command), so it is the default there: SDXL's text is the two encoders'
+  penultimate hidden states concatenated (2048 wide, the width of every attn2.to_k/to_v), the token position
+  counted by the first tokenizer (methods/text.py SDXLPromptEncoder).
+- "flux": the same commit, trainscripts/uce_flux_edit.py, the default (and only recipe) on Flux; see
+  methods/uce_flux.py.
 
-eraselab's own options, off in both recipes: `check` (refuse an edit that collapses unrelated prompts' keys and
-values; it never changes the weights). Closed-world adaptations (both "auto"; a closed world is a model
-that learnt only its domain's concepts, the embedded miniworld model): `template` (concepts written as
-"a {}", the form of miniworld's captions) and `auto_preserve` (every other class of the domain preserved;
-"world" does the same on a real model, with the classes of the WordNet taxonomy).
+eraselab's own options, off in every recipe: `check` (refuse an edit that collapses unrelated prompts' keys and
+values; it never changes the weights) and, on Flux, `flux_target_bias=false` (methods/uce_flux.py).
+Closed-world adaptations (both "auto"; a closed world is a model that learnt only its domain's concepts, the
+embedded miniworld model): `template` (concepts written as "a {}", the form of miniworld's captions) and
+`auto_preserve` (every other class of the domain preserved; "world" does the same on a real model, with the
+classes of the WordNet taxonomy).
 """
 from __future__ import annotations
 
@@ -35,10 +41,20 @@ import torch
 from .. import edits
 from ..domain import Domain
 from ..errors import EraseLabError
-from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
+from .base import (
+    Eraser,
+    EraseRequest,
+    MethodConfig,
+    Recipe,
+    Reference,
+    model_family,
+    non_negative,
+    one_of,
+    positive,
+)
 from .params import kv_projections
 from .registry import register
-from .text import MINIWORLD_TEMPLATE, PromptEncoder
+from .text import MINIWORLD_TEMPLATE, PromptEncoder, prompt_encoder
 
 TOKEN_CHOICES = ("last_to_end", "last")
 PRESERVE_TOKEN_CHOICES = ("all", "last_to_end", "last")
@@ -50,6 +66,9 @@ AUTO_SCALE = -1.0
 UCE_REPOSITORY = "rohitgandikota/unified-concept-editing"
 PAPER = Reference(UCE_REPOSITORY, "bd5fb515392e986758fa3197e382148227db8f25", "train-scripts/train_erase.py")
 CURRENT = Reference(UCE_REPOSITORY, "28c81ed5a3e41277c1a0dc55f738e7ab188e9718", "trainscripts/uce_sd_erase.py")
+FLUX = Reference(UCE_REPOSITORY, "28c81ed5a3e41277c1a0dc55f738e7ab188e9718", "trainscripts/uce_flux_edit.py")
+# What the current scripts (SD/SDXL and Flux alike) set apart from the paper's.
+CURRENT_SETTINGS = {"tokens": "last", "preserve_tokens": "last", "retain_empty": False, "preserve_scale": 1.0}
 
 
 def resolve_model_defaults(cfg: UCEConfig, domain: Domain) -> UCEConfig:
@@ -98,6 +117,8 @@ class UCEConfig(MethodConfig):
     min_diversity: float = 0.2
     max_unrelated_change: float = 1.0
     max_norm_growth: float = 10.0
+    t5_tokens: int = 0
+    flux_target_bias: bool = True
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe("paper", PAPER,
@@ -105,8 +126,12 @@ class UCEConfig(MethodConfig):
                "retains '' and the preserved concepts over all 77 rows; s_p = max(0.1, 1/|retained|), λ 0.5"),
         Recipe("current", CURRENT,
                "the repository's current script: last word token only (targets and preserved concepts), nothing "
-               "retained but the preserved concepts, s_p 1, λ 0.5",
-               {"tokens": "last", "preserve_tokens": "last", "retain_empty": False, "preserve_scale": 1.0}),
+               "retained but the preserved concepts, s_p 1, λ 0.5; on SDXL the two encoders' concatenated "
+               "penultimate states", CURRENT_SETTINGS, families=("sd", "sdxl")),
+        Recipe("flux", FLUX,
+               "the Flux script: edits context_embedder (T5 → joint attention) and the pooled-text embedder's "
+               "linear_1 (CLIP); each text's last T5 token and its pooled CLIP vector; v* includes the bias; "
+               "s_p 1, λ 0.5", CURRENT_SETTINGS, families=("flux",)),
     )
     # miniworld preserves the world's other classes (auto_preserve), ~1,200 text rows against the target's ~75 in a
     # 64-wide space, so the preserve terms need a smaller weight than the paper's max(0.1, 1/|retained|).
@@ -135,7 +160,13 @@ class UCEConfig(MethodConfig):
                                              "they spanned before (participation ratio)",
                             "max_unrelated_change": "refuse if unrelated prompts' outputs move more than this × "
                                                     "their norm",
-                            "max_norm_growth": "refuse if a projection's Frobenius norm grows more than this ×"}
+                            "max_norm_growth": "refuse if a projection's Frobenius norm grows more than this ×",
+                            "t5_tokens": "Flux: T5 sequence length the texts are encoded at (0 = as "
+                                         "uce_flux_edit.py: 256 on -schnell, i.e. without guidance embedding, "
+                                         "else 512)",
+                            "flux_target_bias": "Flux: v* = W c + b as uce_flux_edit.py (true; the edited layer "
+                                                "then adds b once more); false (eraselab option) = v* = W c, "
+                                                "so outputs, bias included, match the old ones"}
 
     @classmethod
     def build(cls, overrides: dict, pipe=None, method: str = ""):
@@ -147,7 +178,7 @@ class UCEConfig(MethodConfig):
 
     def validate(self) -> None:
         positive(self, "lam")
-        non_negative(self, "erase_scale", "check_prompts")
+        non_negative(self, "erase_scale", "check_prompts", "t5_tokens")
         if not (self.preserve_scale >= 0 or self.preserve_scale == AUTO_SCALE):
             raise EraseLabError(f"config preserve_scale must be zero or positive, or auto (-1), got "
                                 f"{self.preserve_scale}")
@@ -250,13 +281,15 @@ def check_collapse(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], p
 class ClosedFormEdit:
     """The K/V weights of a pipeline, edited in closed form, and turned into an Edit with the pipe restored."""
 
-    def __init__(self, pipe):
+    def __init__(self, pipe, modules: dict[str, torch.nn.Linear] | None = None):
+        """`modules`: the edited Linear layers by Edit parameter name (default: the UNet's cross-attention K/V
+        projections)."""
         if edits.applied_edit(pipe) is not None:
             raise EraseLabError("the pipeline already has an edit applied; revert it (edit.revert(pipe)) before "
                                 "erasing, so the new edit is relative to the base model")
         self.pipe = pipe
         self.started = time.perf_counter()
-        self.modules = {f"unet.{n}": m for n, m in kv_projections(pipe.unet)}
+        self.modules = modules if modules is not None else {f"unet.{n}": m for n, m in kv_projections(pipe.unet)}
         self.before = edits.snapshot(pipe, list(self.modules))
         self.original = {n: m.weight.detach().clone() for n, m in self.modules.items()}
 
@@ -314,7 +347,7 @@ def prepare(pipe, request: EraseRequest) -> UCESetup:
     domain = request.domain_for(pipe)
     cfg = resolve_model_defaults(request.config, domain)
     state = ClosedFormEdit(pipe)
-    encoder = PromptEncoder(pipe)
+    encoder = prompt_encoder(pipe)
     preserve = preserved_concepts(request.targets, request.preserve, cfg.auto_preserve, domain)
     probes = []
     if cfg.check:
@@ -342,8 +375,13 @@ class UCE(Eraser):
     name = "uce"
     description = "closed-form edit of cross-attention K/V mapping targets to a guide while preserving others"
     Config = UCEConfig
+    families = ("sd", "sdxl", "flux")
 
     def erase(self, pipe, request: EraseRequest):
+        if model_family(pipe) == "flux":
+            from .uce_flux import erase_flux
+
+            return erase_flux(pipe, request, self.name)
         setup = prepare(pipe, request)
         cfg, state, rows = setup.cfg, setup.state, setup.rows
         new = uce_weights(state.original, rows, cfg)

@@ -68,6 +68,8 @@ def images_to_tensor(images) -> torch.Tensor:
     else:
         if isinstance(images, np.ndarray):
             arr = images
+        elif len({im.size for im in images}) > 1:  # mixed sizes (models of several families): one at a time
+            return torch.cat([images_to_tensor([im]) for im in images])
         else:
             arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]) if len(images) else \
                 np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
