@@ -19,24 +19,40 @@ train_object.py, erase_methods/uce.py `edit_model_adversarial`, utils/embedding_
 - "object": train_object.py: the same, but the re-edit retains "" and the preserved concepts
   (`reedit_retain=same_as_uce`), λ_c 1e-3, 1 epoch.
 
-Deviation, stated: the official scripts generate validation images after each epoch and keep the epoch a
-detector likes best (train.py: the lowest NudeNet/Q16 rate, strictly below the original's and UCE's; train_object:
-a ResNet-50 accuracy rule). eraselab cannot run a detector inside `erase`, so it returns the last epoch and
-records each epoch's adversarial mismatch and weight change in `edit.extras["epochs"]`. Each epoch is
-deterministic and depends only on the ones before, so `epochs=k` is exactly the official model after epoch k
-(`epochs=0` is the UCE start); `best_epoch` runs that selection with a score function of the caller's choosing.
+Epoch choice (config `select_epoch`, methods/validation.py): as the official scripts, "validation" (default)
+generates a validation prompt set with the original model (nudity only), the UCE start and each epoch,
+judges the images, and keeps a model by the recipe's rule. "nudity" (train.py): the nudity rate of
+dataset/validation_inappropriate.csv under NudeNet (a part of NUDE_KEYS scoring > 0.6); an epoch is kept
+only when its rate is strictly below the lowest so far, starting from the original model's and the UCE
+start's. "object" (train_object.py): dataset/validation_imagenet_prompts.csv under an ImageNet ResNet-50
+(torchvision's default weights, IMAGENET1K_V2), top-1; the training stops at the first epoch whose target
+accuracy is 0, and an epoch is kept when its target accuracy is below the UCE start's with the other
+classes' at most 0.1 lower. The kept model is the last one the script would save, or the UCE start if it
+saves none. On a closed-world domain (miniworld) the prompts are the domain's own classes (the target and up
+to 9 others, "Image of" replaced by the domain's caption form) judged by the domain's evaluator (miniworld's
+oracle), and the rate is the target's top-1 accuracy. `select_epoch=last` returns the last epoch; every
+epoch is deterministic and depends only on the ones before, so `epochs=k` with it is exactly the model after
+epoch k (`epochs=0` is the UCE start).
+
+Deviations, stated: the detectors are eraselab's evaluators (nudenet==3.4.2's 320n model; RECE ships its own
+ONNX export, best_new.onnx), and the ResNet-50 preprocessing is the evaluator's; extra samples of a prompt
+take seeds seed+1, … (the script draws them from one generator); a target outside the object CSV's ten
+classes gets ten "Image of <target>" prompts of its own (the script's target accuracy would be 0 by
+construction); with several targets the object rule pools their accuracy (the script validates only a single
+concept); the original model is not generated for the object rule, which does not read it.
 
 eraselab's own option, off in both recipes: `keep_targets` (keep the original target rows in every re-edit's
 erase set, so a re-edit cannot undo them).
 """
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import ClassVar
 
 import torch
 
+from ..errors import EraseLabError
 from .base import Eraser, EraseRequest, Recipe, Reference, non_negative, one_of, positive
 from .registry import register
 from .uce import (
@@ -56,6 +72,7 @@ RECE_REPOSITORY = "CharlesGong12/RECE"
 RECE_COMMIT = "403a67fd86dce6c124b88798340e001e625b28c9"
 REEDIT_TOKEN_CHOICES = ("all", "last_to_end", "last")
 REEDIT_RETAIN_CHOICES = ("empty_per_target", "same_as_uce")
+SELECT_EPOCH_CHOICES = ("validation", "last")
 
 
 @dataclass
@@ -68,21 +85,32 @@ class RECEConfig(UCEConfig):
     reedit_tokens: str = "all"
     reedit_retain: str = "empty_per_target"
     keep_targets: bool = False
+    select_epoch: str = "validation"
+    validation_evaluator: str = "auto"
+    validation_per_class: int = 10
+    validation_steps: int = 50
+    validation_samples: int = 1
+    validation_guidance: float = 7.5
+    validation_seed: int = 0
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe("nudity", Reference(RECE_REPOSITORY, RECE_COMMIT, "train.py"),
                "train.py + scripts/nudity.sh: paper-era UCE start; per epoch c′ of all 77 rows (λ_c 0.1) erased "
                "alone, row by row onto the guide; retains ' ' per target (77 rows); λ 0.1, s_p 0.1; 3 epochs; "
-               "returns the last epoch (the official detector-based epoch choice: see best_epoch)"),
+               "keeps the epoch with the strictly lowest NudeNet rate (> 0.6) on "
+               "validation_inappropriate.csv"),
         Recipe("object", Reference(RECE_REPOSITORY, RECE_COMMIT, "train_object.py"),
                "train_object.py: as nudity, but the re-edit retains '' and the preserved concepts, λ_c 1e-3, "
-               "1 epoch",
+               "1 epoch; stops at the first epoch whose ResNet-50 target accuracy on "
+               "validation_imagenet_prompts.csv is 0",
                {"epochs": 1, "embedding_lam": 1e-3, "reedit_retain": "same_as_uce"}),
     )
     # miniworld erases objects: one epoch, the official object script's count. Its re-edits retain only '' (the
     # nudity recipe) in a 64-wide text space where one re-edit at λ 0.1 moves the K/V weights by more than their
     # own norm and takes other classes with it, so λ is raised until they keep their rates.
-    miniworld: ClassVar[dict] = {**UCEConfig.miniworld, "epochs": 1, "reedit_lam": 10.0}
+    # Validation images take the 25 steps miniworld's suites draw with.
+    miniworld: ClassVar[dict] = {**UCEConfig.miniworld, "epochs": 1, "reedit_lam": 10.0,
+                                 "validation_steps": 25}
     help: ClassVar[dict] = {**UCEConfig.help,
                             "epochs": "rounds of adversarial-embedding search and re-edit (nudity: 3, objects: 1; "
                                       "epochs=k is the official model after epoch k, 0 the UCE start)",
@@ -96,7 +124,18 @@ class RECEConfig(UCEConfig):
                                              "(' ' once per target; train.py) or same_as_uce ('' and the preserved "
                                              "concepts, as the UCE stage; train_object.py)",
                             "keep_targets": "eraselab option: keep the original target rows in every re-edit's "
-                                            "erase set"}
+                                            "erase set",
+                            "select_epoch": "validation (official: keep the model the recipe's detector rule "
+                                            "picks) or last (the last epoch, no images generated)",
+                            "validation_evaluator": "judge of the validation images: auto (miniworld: "
+                                                    "its oracle; nudity: nudenet; object: imagenet "
+                                                    "ResNet-50) or an evaluator name",
+                            "validation_per_class": "validation prompts per class (the official CSVs hold "
+                                                    "10)",
+                            "validation_steps": "sampling steps of validation images (official 50, LMS)",
+                            "validation_samples": "images per validation prompt (official 1)",
+                            "validation_guidance": "guidance scale of validation images (official 7.5)",
+                            "validation_seed": "first seed of validation prompts the CSVs have no seed for"}
 
     def validate(self) -> None:
         super().validate()
@@ -104,6 +143,15 @@ class RECEConfig(UCEConfig):
         non_negative(self, "epochs", "reedit_erase_scale", "reedit_preserve_scale")
         one_of(self, "reedit_tokens", REEDIT_TOKEN_CHOICES)
         one_of(self, "reedit_retain", REEDIT_RETAIN_CHOICES)
+        one_of(self, "select_epoch", SELECT_EPOCH_CHOICES)
+        positive(self, "validation_per_class", "validation_steps", "validation_samples")
+        non_negative(self, "validation_guidance")
+        if self.validation_evaluator != "auto":
+            from ..evaluators import evaluator_names
+
+            if self.validation_evaluator not in evaluator_names():
+                raise EraseLabError(f"config validation_evaluator must be auto or one of "
+                                    f"{', '.join(evaluator_names())}, not {self.validation_evaluator!r}")
 
 
 def adversarial_embedding(edited: list[torch.Tensor], original: list[torch.Tensor], rows: torch.Tensor,
@@ -144,6 +192,49 @@ def reedit_retained_rows(encoder, targets, preserve, cfg: RECEConfig) -> torch.T
     return torch.cat(rows) if rows else torch.zeros(0, d, device=encoder.device)
 
 
+def validation_plan(pipe, request: EraseRequest, cfg: RECEConfig):
+    """The validator and selection rule of the recipe on this model: (Validator, rule class, set name)."""
+    from ..evaluators import get_evaluator
+    from .validation import (
+        RULES,
+        GenerationSettings,
+        Validator,
+        class_rates,
+        domain_names,
+        domain_probes,
+        imagenette_probes,
+        nudity_probes,
+        nudity_rates,
+    )
+
+    domain = request.domain_for(pipe)
+    settings = GenerationSettings(cfg.validation_per_class, cfg.validation_steps, cfg.validation_samples,
+                                  cfg.validation_guidance, cfg.validation_seed)
+    rule = RULES["target_gone" if cfg.recipe == "object" else "lowest_rate"]
+    if domain.closed_world:
+        set_name, probes, auto = f"domain:{domain.name}", domain_probes(domain, request.targets, settings), \
+            (domain.evaluator, {})
+        measure = partial(class_rates, accepted=partial(domain_names, domain))
+    elif cfg.recipe == "object":
+        set_name, probes, measure = "imagenette", imagenette_probes(request.targets, settings), class_rates
+        # torchvision's ResNet50_Weights.DEFAULT, which train_object.py loads
+        auto = ("imagenet", {"weights": "IMAGENET1K_V2", "top_k": 1})
+    else:
+        set_name, probes, measure, auto = "nudity", nudity_probes(settings), nudity_rates, ("nudenet", {})
+    name, options = auto if cfg.validation_evaluator == "auto" else (cfg.validation_evaluator, {})
+    if name == "imagenet":
+        from ..evaluators.imagenet import class_index
+
+        for t in request.targets:
+            try:
+                class_index(t)
+            except EraseLabError:
+                raise EraseLabError(f"RECE's object validation classifies with ImageNet classes and {t!r} is "
+                                    "not one; pass validation_evaluator=clip or select_epoch=last") from None
+    evaluator = get_evaluator(name, **options)
+    return Validator(pipe, probes, evaluator, measure, request.targets, request.progress), rule, set_name
+
+
 @register
 class RECE(Eraser):
     name = "rece"
@@ -151,14 +242,30 @@ class RECE(Eraser):
     Config = RECEConfig
 
     def erase(self, pipe, request: EraseRequest):
+        cfg = request.config
+        # Nothing to choose among without epochs; otherwise the detector loads before any solve.
+        validate = cfg.select_epoch == "validation" and cfg.epochs > 0
+        plan = validation_plan(pipe, request, cfg) if validate else None
+        if plan is None:
+            return self.run(pipe, request, None)
+        validator, rule, set_name = plan
+        with validator:
+            return self.run(pipe, request, (validator, rule, set_name))
+
+    def run(self, pipe, request: EraseRequest, plan):
         setup = prepare(pipe, request)
         cfg, state, encoder, rows = setup.cfg, setup.state, setup.encoder, setup.rows
         names = list(state.original)
         weights = uce_weights(state.original, rows, cfg)
+        selector = None
+        if plan is not None:
+            validator, rule, set_name = plan
+            original = validator(None) if rule.needs_original else None
+            selector = rule(original, validator(self.candidate(state, weights, cfg, request, setup)))
         concept, guide = reedit_pairs(encoder, request.targets, cfg)
         retain = reedit_retained_rows(encoder, request.targets, setup.preserve, cfg)
         scale = sum(float(state.original[n].double().norm() ** 2) for n in names) ** 0.5
-        history = []
+        history, kept, stopped = [], weights, None
         for epoch in range(cfg.epochs):
             adv = adversarial_embedding([weights[n] for n in names], [state.original[n] for n in names],
                                         concept, cfg.embedding_lam)
@@ -173,11 +280,30 @@ class RECE(Eraser):
             history.append({"epoch": epoch + 1, "adversarial_mismatch": mismatch,
                             "relative_change": round(change / max(scale, 1e-300), 6)})
             weights = new
-        extras = UCE.checked(state.original, weights, encoder, setup.probes, cfg)
+            if selector is not None:
+                history[-1]["validation"] = validator(self.candidate(state, weights, cfg, request, setup))
+                stop = selector.offer(epoch + 1, history[-1]["validation"])
+                if selector.kept == epoch + 1:
+                    kept = weights
+                if stop:
+                    stopped = epoch + 1
+                    break
+        final = kept if selector is not None else weights
+        extras = UCE.checked(state.original, final, encoder, setup.probes, cfg)
         extras.update(row_counts(rows, cfg))
         extras["adversarial_mismatch"] = [h["adversarial_mismatch"] for h in history]
         extras["epochs"] = history
-        return state.finish(weights, self.name, cfg.as_dict(), request.targets, setup.preserve, extras)
+        if selector is not None:
+            extras["selected_epoch"] = selector.kept
+            extras["validation"] = {"rule": selector.name, "set": set_name, **validator.describe(),
+                                    "original": selector.original, "start": selector.start,
+                                    "saved_epochs": list(selector.saved),
+                                    "stopped_after": stopped}
+        return state.finish(final, self.name, cfg.as_dict(), request.targets, setup.preserve, extras)
+
+    def candidate(self, state, weights, cfg, request, setup):
+        """A candidate model as an Edit, so that validation images are keyed by its weights."""
+        return state.finish(weights, self.name, cfg.as_dict(), request.targets, setup.preserve, {})
 
     @staticmethod
     def mismatch(edited, original, adv, rows) -> float:
@@ -185,24 +311,3 @@ class RECE(Eraser):
                   for n in edited)
         den = sum(float((rows.double() @ original[n].double().T).norm() ** 2) for n in edited)
         return round((num / max(den, 1e-300)) ** 0.5, 6)
-
-
-def best_epoch(pipe, targets, preserve=(), score: Callable | None = None, progress: bool = False, **config):
-    """The official scripts' epoch choice, with the caller's detector: erase with epochs = 0 … cfg.epochs, call
-    `score(edit)` on each (lower = better, e.g. the nudity rate of images generated with the edit applied) and
-    return (best edit, scores). As in train.py, a later epoch replaces the kept one only if it scores strictly
-    lower, so ties keep the earlier epoch; epoch 0 is the UCE start."""
-    from . import build_request, erase
-
-    if score is None:
-        raise TypeError("best_epoch needs score=callable(edit) -> float (lower is better)")
-    _, request = build_request("rece", targets, preserve, pipe=pipe, progress=progress, **config)
-    best, scores = None, []
-    for k in range(request.config.epochs + 1):
-        edit = erase(pipe, "rece", targets, preserve, progress=progress, **{**config, "epochs": k})
-        scores.append(float(score(edit)))
-        if best is None or scores[-1] < scores[best[0]]:
-            best = (k, edit)
-    best[1].extras["selected_epoch"] = best[0]
-    best[1].extras["epoch_scores"] = scores
-    return best[1], scores

@@ -24,6 +24,7 @@ for _name, _target in {
     "ca": "eraselab.methods.ca:CA",
     "negprompt": "eraselab.methods.negprompt:NegativePrompt",
     "sld": "eraselab.methods.sld:SLD",
+    "advunlearn": "eraselab.methods.advunlearn:AdvUnlearn",
 }.items():
     METHODS.add(_name, _target)
 
