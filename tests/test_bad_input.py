@@ -274,6 +274,12 @@ CASES = [
     ),
     ("config-method-not-run", BENCH + " --config esd-x.iterations=5", "not in --methods", None),
     (
+        "config-mace-segmenter",
+        BENCH.replace("--methods uce", "--methods mace") + " --config mace.segmenter=grounded-sam",
+        "not supported yet",
+        None,
+    ),
+    (
         "config-ap-negative",
         BENCH.replace("--methods uce", "--methods ap") + " --config ap.iterations=-5",
         "iterations",

@@ -159,7 +159,11 @@ def test_two_identical_runs_with_every_method_have_equal_results_hashes(tiny_mod
     searched = {**short, "vocabulary": str(words), "k_closest": 6, "num_centers": 3}
     config = {"esd-x": short, "esd-u": short, "esd-x-strict": short, "ap": searched, "age": searched,
               "ca": {**short, "anchor": "vehicle", "anchor_images": 4, "captions": 4, "batch_size": 2,
-                     "sample_steps": 2}}
+                     "sample_steps": 2},
+              "rece": {"validation_per_class": 1, "validation_steps": 2},
+              "advunlearn": {"iterations": 2, "warmup_iterations": 1, "attack_steps": 1},
+              "spm": {"iterations": 2, "resolution": 16, "dynamic_resolution": False},
+              "mace": {"steps": 2, "images": 2, "sample_steps": 2}, "receler": short}
     methods = tuple(method_names())
     spec = _spec(tiny_model_dir, methods=methods, method_config={m: c for m, c in config.items() if m in methods},
                  suites=("erasebench",), attention=False)

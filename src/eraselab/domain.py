@@ -14,7 +14,7 @@ WordNet taxonomy for real text-to-image models). A domain's name and data tag go
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -46,6 +46,10 @@ class Domain:
     # How often the model's training captions name each attribute kind (closed worlds with a caption grammar);
     # CA writes its anchor captions in that grammar.
     caption_attributes: Mapping[str, float] = field(default_factory=dict)
+    # A world that draws its own images (miniworld): renderer(domain, concept, n, seed) → (uint8 images
+    # n×H×W×3, float object masks n×H×W in [0, 1]), one object of the concept each, exactly. None: no renderer
+    # (real models; methods that need example images then generate them).
+    renderer: Callable | None = None
 
     @property
     def version(self) -> int:

@@ -5,6 +5,10 @@ component, e.g. `unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k
 (method, config, targets, preserved concepts, base model fingerprint, seconds taken, library versions, extras
 such as the adversarial concepts AP chose or a loss curve). Inference-time methods (negative prompt, SLD) are
 Edits with no tensors and a `generation` hook in the metadata.
+
+Format version 2 adds `modules`: networks the edit inserts into the pipeline (Receler's erasers, SPM's
+adapters), their specs in edit.json and their weights in edit.safetensors under `modules.<name>.<param>`; see
+edit_modules.py. Version-1 folders (no modules) still load, with the same content hash.
 """
 from __future__ import annotations
 
@@ -15,13 +19,23 @@ from pathlib import Path
 import torch
 
 from .atomic import atomic_write_bytes, atomic_write_text
+from .edit_modules import (
+    AddedModule,
+    ModuleSpec,
+    attach_edit_modules,
+    bake,
+    check_unique,
+    detach_edit_modules,
+    module_tensors,
+    split_module_tensors,
+)
 from .errors import EraseLabError
 from .models import fingerprint
 from .provenance import library_versions, sha256_hex, stable_json
 
 EDIT_TENSORS = "edit.safetensors"
 EDIT_META = "edit.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: added modules
 _APPLIED_ATTR = "_eraselab_applied_edit"
 
 
@@ -37,6 +51,10 @@ class Edit:
     generation: dict = field(default_factory=dict)  # inference-time hook, e.g. {"negative_prompt": "circle"}
     extras: dict = field(default_factory=dict)  # chosen adversarial concepts, loss curve, …
     versions: dict = field(default_factory=library_versions)
+    modules: list[AddedModule] = field(default_factory=list)  # networks inserted into the pipeline
+
+    def __post_init__(self):
+        check_unique(self.modules)
 
     # ---- identity -------------------------------------------------------------------------------------------
     def content_hash(self) -> str:
@@ -46,13 +64,19 @@ class Edit:
             t = self.tensors[name].detach().cpu().contiguous()
             parts.append(f"{name}|{tuple(t.shape)}|{t.dtype}")
             parts.append(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+        if self.modules:  # only then, so an edit without modules keeps its version-1 hash
+            parts.append(stable_json([m.spec.as_dict() for m in self.modules]))
+            for name, t in module_tensors(self.modules).items():
+                parts.append(f"{name}|{tuple(t.shape)}|{t.dtype}")
+                parts.append(t.reshape(-1).view(torch.uint8).numpy().tobytes())
         return sha256_hex(*parts)[:16]
 
     def metadata(self) -> dict:
         return {"format_version": FORMAT_VERSION, "method": self.method, "config": self.config,
                 "targets": self.targets, "preserved": self.preserved, "base_fingerprint": self.base_fingerprint,
                 "seconds": self.seconds, "generation": self.generation, "extras": self.extras,
-                "versions": self.versions, "parameters": sorted(self.tensors), "edit_hash": self.content_hash()}
+                "versions": self.versions, "parameters": sorted(self.tensors),
+                "modules": [m.spec.as_dict() for m in self.modules], "edit_hash": self.content_hash()}
 
     # ---- pipeline -------------------------------------------------------------------------------------------
     def check_base(self, pipe) -> None:
@@ -62,7 +86,8 @@ class Edit:
                                 f"model is {fp}; load the model the edit was made from")
 
     def apply(self, pipe) -> None:
-        """Write the edited parameters into `pipe` in place, keeping the originals for `revert`."""
+        """Write the edited parameters into `pipe` in place and hook in the added modules, keeping what
+        `revert` needs to restore the pipeline exactly."""
         self.check_base(pipe)
         current = getattr(pipe, _APPLIED_ATTR, None)
         if current is not None:
@@ -72,28 +97,31 @@ class Edit:
         if missing:
             raise EraseLabError(f"edit changes parameter {missing[0]} which the model does not have; the edit "
                                 "belongs to another architecture, load the model it was made from")
+        for name, new in self.tensors.items():  # all checked before any is written
+            if tuple(params[name].shape) != tuple(new.shape):
+                raise EraseLabError(f"edit tensor {name} has shape {tuple(new.shape)} but the model's is "
+                                    f"{tuple(params[name].shape)}; the edit belongs to another architecture, "
+                                    "load the model it was made from")
+        attachment = attach_edit_modules(pipe, self.modules)  # refuses before hooking anything
         backup = {}
         with torch.no_grad():
             for name, new in self.tensors.items():
                 p = params[name]
-                if tuple(p.shape) != tuple(new.shape):
-                    raise EraseLabError(f"edit tensor {name} has shape {tuple(new.shape)} but the model's is "
-                                        f"{tuple(p.shape)}; the edit belongs to another architecture, load the "
-                                        "model it was made from")
                 backup[name] = p.detach().clone()
                 p.copy_(new.to(device=p.device, dtype=p.dtype))
-        self._backup = backup
+        self._backup, self._attachment = backup, attachment
         setattr(pipe, _APPLIED_ATTR, self)
 
     def revert(self, pipe) -> None:
-        """Restore the parameters `apply` overwrote."""
+        """Restore the parameters `apply` overwrote and remove the modules it hooked in."""
         if getattr(pipe, _APPLIED_ATTR, None) is not self:
             return
+        detach_edit_modules(pipe, getattr(self, "_attachment", None))
         params = named_parameters(pipe)
         with torch.no_grad():
             for name, old in getattr(self, "_backup", {}).items():
                 params[name].copy_(old)
-        self._backup = {}
+        self._backup, self._attachment = {}, None
         setattr(pipe, _APPLIED_ATTR, None)
 
     # ---- disk -----------------------------------------------------------------------------------------------
@@ -102,6 +130,7 @@ class Edit:
 
         out = Path(out_dir)
         tensors = {k: v.detach().cpu().contiguous() for k, v in self.tensors.items()}
+        tensors.update(module_tensors(self.modules))
         # Tensors first, metadata last: a folder with edit.json is complete (load checks the hash).
         atomic_write_bytes(out / EDIT_TENSORS, save(tensors) if tensors else save({}))
         atomic_write_text(out / EDIT_META, json.dumps(self.metadata(), indent=1, default=str))
@@ -132,8 +161,11 @@ class Edit:
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t).all():
                 raise EraseLabError(f"{tensor_path} holds non-finite values in {name}; re-run `eraselab erase`")
+        specs = [ModuleSpec.from_dict(d, str(meta_path)) for d in meta.get("modules") or []]
+        modules = split_module_tensors(specs, tensors, str(tensor_path))
         try:
-            edit = cls(tensors=tensors, method=meta["method"], base_fingerprint=meta["base_fingerprint"],
+            edit = cls(tensors=tensors, modules=modules, method=meta["method"],
+                       base_fingerprint=meta["base_fingerprint"],
                        config=meta.get("config") or {}, targets=meta.get("targets") or [],
                        preserved=meta.get("preserved") or [], seconds=float(meta.get("seconds") or 0.0),
                        generation=meta.get("generation") or {}, extras=meta.get("extras") or {},
@@ -148,13 +180,23 @@ class Edit:
         return edit
 
     def export_pipeline(self, pipe, out_dir: str | Path) -> Path:
-        """Write the edited model as a full diffusers folder (loadable without eraselab)."""
+        """Write the edited model as a full diffusers folder (loadable without eraselab).
+
+        Added modules are folded into their targets' weights where their kind can be (a linear branch);
+        an edit with any other module (Receler's nonlinear erasers) is refused in one line: use the saved
+        edit through eraselab instead."""
         self.apply(pipe)
+        baked = {}
         try:
+            baked = bake(pipe, self.modules, self.method)
             pipe.save_pretrained(str(out_dir), safe_serialization=True)
             atomic_write_text(Path(out_dir) / "eraselab_edit.json", json.dumps(self.metadata(), indent=1,
                                                                                default=str))
         finally:
+            params = named_parameters(pipe)
+            with torch.no_grad():
+                for name, old in baked.items():
+                    params[name].copy_(old)
             self.revert(pipe)
         return Path(out_dir)
 
@@ -162,7 +204,7 @@ class Edit:
 # Each field of edit.json and the JSON type it must have (bool excluded from numbers).
 _FIELD_TYPES = {"format_version": int, "method": str, "base_fingerprint": str, "config": dict, "targets": list,
                 "preserved": list, "seconds": (int, float), "generation": dict, "extras": dict, "versions": dict,
-                "edit_hash": str}
+                "modules": list, "edit_hash": str}
 _REQUIRED = ("format_version", "method", "base_fingerprint")
 
 

@@ -23,6 +23,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
+from .edit_modules import generation_hooks
 from .edits import applied_edit
 from .errors import EraseLabError, warn_once
 from .generation.denoise import denoise_batch as _denoise  # looked up here at call time (tests patch it)
@@ -104,6 +105,8 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
         edit.check_base(pipe)
     edit_hash = edit.content_hash() if edit is not None else "none"
     guidance = guidance_for(edit.generation if edit is not None else None)
+    if edit is not None:  # hooks the edit's own modules run with (SPM's facilitated transport)
+        hooks = [*hooks, *generation_hooks(edit.modules)]
     generation_family(pipe).check_request(guidance, probes)
     for reason in dict.fromkeys(filter(None, map(guidance.inactive_reason, probes))):
         warn_once(reason)

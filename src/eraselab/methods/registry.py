@@ -25,6 +25,9 @@ for _name, _target in {
     "negprompt": "eraselab.methods.negprompt:NegativePrompt",
     "sld": "eraselab.methods.sld:SLD",
     "advunlearn": "eraselab.methods.advunlearn:AdvUnlearn",
+    "spm": "eraselab.methods.spm:SPM",
+    "mace": "eraselab.methods.mace:MACE",
+    "receler": "eraselab.methods.receler:Receler",
 }.items():
     METHODS.add(_name, _target)
 

@@ -224,3 +224,18 @@ def render_dataset(n: int, seed: int) -> tuple[np.ndarray, list[Scene]]:
     images = np.stack([render_scene(s) for s in scenes]) if scenes else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3),
                                                                                   np.uint8)
     return images, scenes
+
+
+def concept_examples(domain, concept: str, n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """n renders of `concept` (a class, a superclass or an attributed class such as "red circle"), one object
+    each, attributes drawn at random where the concept leaves them open, with each object's exact coverage
+    (the miniworld Domain's renderer)."""
+    base, attrs = domain.parse(concept)
+    leaves = domain.hierarchy.leaves_under(base) or [base]
+    rng = np.random.default_rng(seed)
+    images, masks = [], []
+    for _ in range(n):
+        scene = scene_from_spec(rng, [{"cls": str(rng.choice(leaves)), **dict(attrs)}])
+        images.append(render_scene(scene))
+        masks.append(object_alpha(scene.objects[0]))
+    return np.stack(images), np.stack(masks)

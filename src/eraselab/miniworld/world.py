@@ -49,6 +49,7 @@ def miniworld_domain() -> Domain:
     """The embedded model's domain: its prompts are its own caption grammar ("a red circle left of a blue
     square"), its vocabulary its own words, its images read by the exact oracle."""
     from .captions import SINGLE_ATTR_P
+    from .render import concept_examples
 
     # The miniworld text encoder learnt only caption words (captions.py), so rewordings with other words ("a
     # picture of") would probe untrained embeddings: its paraphrases are its synonyms.
@@ -56,4 +57,4 @@ def miniworld_domain() -> Domain:
                   paraphrase_templates=(),
                   pair_joins=tuple(f"{{a}} {p} {{b}}" for p in WORLD.positions) + ("{a} and {b}",),
                   prompt_templates=("{np}",), vocabulary="concepts", evaluator="oracle", closed_world=True,
-                  caption_attributes=dict(SINGLE_ATTR_P))
+                  caption_attributes=dict(SINGLE_ATTR_P), renderer=concept_examples)

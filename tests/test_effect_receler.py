@@ -1,0 +1,45 @@
+"""Receler's effect on the miniworld model, judged by the miniworld oracle (slow; needs the shipped weights).
+
+Its miniworld preset was tuned on "circle" only; "square" and "heart" are held out. Erasing a target must drop
+the oracle's rate of that class on "a <target>" prompts to ≤ 20 % of the original model's, while an unrelated
+class keeps ≥ 80 % of its rate. The edit adds erasers and changes no weight of the model.
+"""
+import pytest
+import torch
+from test_methods_effect import _assets_missing, rate
+
+import eraselab
+
+pytestmark = pytest.mark.slow
+
+# (target, unrelated class that must survive); the first is the one the preset was tuned on
+# Known shortfall (issue 17's run, 48 seeds): erasing heart leaves hearts at 0.50 of their rate. Not strict: a
+# preset that reaches it XPASSes.
+HELD_OUT_SHORT = pytest.mark.xfail(reason="the circle-tuned preset erases heart only to 50 %", strict=False)
+CASES = [("circle", "star"), ("square", "star"), pytest.param("heart", "circle", marks=HELD_OUT_SHORT)]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    reason = _assets_missing()
+    if reason:
+        pytest.skip(reason)
+    from eraselab.miniworld.oracle import Oracle
+    from eraselab.store import RunStore
+
+    pipe = eraselab.load_pipeline("miniworld", device="cuda" if torch.cuda.is_available() else "cpu")
+    return pipe, RunStore(tmp_path_factory.mktemp("receler-store")), Oracle.load(device=pipe.device)
+
+
+@pytest.mark.parametrize("target,kept", CASES)
+def test_receler_erases_on_miniworld(world, target, kept):
+    pipe, store, oracle = world
+    before = {c: rate(pipe, store, oracle, c, None) for c in (target, kept)}
+    assert min(before.values()) > 0.3, f"the original model barely draws the classes: {before}"
+    edit = eraselab.erase(pipe, "receler", [target], progress=False)
+    assert edit.tensors == {} and edit.modules
+    after = {c: rate(pipe, store, oracle, c, edit) for c in (target, kept)}
+    print(f"receler {target}: {before[target]:.2f}→{after[target]:.2f}, {kept}: {before[kept]:.2f}→"
+          f"{after[kept]:.2f}, {edit.seconds:.1f} s")
+    assert after[target] <= 0.2 * before[target], (target, before, after)
+    assert after[kept] >= 0.8 * before[kept], (target, before, after)
