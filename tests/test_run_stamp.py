@@ -62,3 +62,23 @@ def test_an_edited_results_file_or_a_missing_stamp_is_not_reused(tmp_path):
 
 def test_an_uncached_hub_model_is_never_skipped():
     assert signature(BenchSpec(model="eraselab-tests/never-downloaded-model")) is None
+
+
+def test_a_changed_stored_image_or_edit_is_not_reused(tmp_path):
+    spec = BenchSpec(model=str(fake_model(tmp_path)))
+    run = tmp_path / "run"
+    png = run / "store" / "images" / "ab" / "abc.png"
+    png.parent.mkdir(parents=True)
+    png.write_bytes(b"png")
+    (run / "edits" / "uce").mkdir(parents=True)
+    (run / "edits" / "uce" / "edit.json").write_text("{}")
+    results = {"methods": {}}
+    results["results_hash"] = results_hash(results)
+    (run / "results.json").write_text(json.dumps(results))
+    write_stamp(run, signature(spec), results)
+    assert reusable_results(run, signature(spec)) == results
+    png.write_bytes(b"pn")  # truncated
+    assert reusable_results(run, signature(spec)) is None
+    write_stamp(run, signature(spec), results)
+    (run / "edits" / "uce" / "edit.json").write_text('{"garbled": ')
+    assert reusable_results(run, signature(spec)) is None

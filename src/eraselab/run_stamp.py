@@ -10,8 +10,9 @@ The signature is read from file metadata and package metadata only — no torch 
 - eraselab's own files (code, data, miniworld weights) by size and modification time, and the versions of the
   libraries that change numbers;
 - what picks the device (the torch build, visible NVIDIA devices, CUDA_VISIBLE_DEVICES).
-A change to any of them — or a results.json that no longer matches its own hash — means the run is done again
-(each stage still reuses its own caches: edits, images, judgments, metrics).
+A change to any of them — or a results.json that no longer matches its own hash, or a stored edit or image
+whose size or modification time changed since the run (a damaged cache is then found and rebuilt by the stages
+that check it) — means the run is done again (each stage still reuses its own intact caches).
 """
 from __future__ import annotations
 
@@ -104,6 +105,12 @@ def signature(spec) -> str | None:
                                    "eraselab_files": _files_signature(_PACKAGE), "device": _device_signature()}))
 
 
+def _run_files(run_dir: Path) -> list:
+    """Size and modification time of the run's stored edits and images (a damaged cache must not be skipped)."""
+    return [[part, _files_signature(run_dir / part)] for part in ("edits", "store/images")
+            if (run_dir / part).is_dir()]
+
+
 def reusable_results(run_dir: Path, sig: str | None) -> dict | None:
     """results.json of an earlier run with the same signature, if it is intact; else None."""
     from .bench import results_hash
@@ -118,6 +125,8 @@ def reusable_results(run_dir: Path, sig: str | None) -> dict | None:
         return None
     if recorded.get("signature") != sig or results.get("results_hash") != recorded.get("results_hash"):
         return None
+    if recorded.get("run_files") != _run_files(run_dir):
+        return None
     if results_hash(results) != results.get("results_hash"):  # edited or damaged since it was written
         return None
     return results
@@ -129,4 +138,5 @@ def write_stamp(run_dir: Path, sig: str | None, results: dict) -> None:
     if sig is None:
         path.unlink(missing_ok=True)
         return
-    atomic_write_text(path, json.dumps({"signature": sig, "results_hash": results["results_hash"]}, indent=1))
+    atomic_write_text(path, json.dumps({"signature": sig, "results_hash": results["results_hash"],
+                                        "run_files": _run_files(run_dir)}))
