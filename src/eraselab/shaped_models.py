@@ -12,6 +12,16 @@ from contextlib import contextmanager
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "vae")
 
 
+def _clip_vit_l_text():
+    """CLIP ViT-L/14's text encoder (SD 1.x's, SDXL's first, Flux's pooled one) with random weights."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
+                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
+                                        hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
+                                        pad_token_id=49407))
+
+
 @contextmanager
 def _networks_on(device, dtype):
     """Networks built inside draw their random weights on `device` in `dtype` (seconds on a GPU instead of
@@ -33,7 +43,6 @@ def sd14_shaped_pipeline(seed: int = 0, device=None, dtype=None):
     random weights and SD 1.4's PNDM scheduler settings."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
 
     from .models import clip_tokenizer
 
@@ -56,20 +65,7 @@ def sd14_shaped_pipeline(seed: int = 0, device=None, dtype=None):
             down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4,
         )
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            )
-        )
+        text = _clip_vit_l_text()
     scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -110,7 +106,7 @@ def sdxl_shaped_pipeline(seed: int = 0, device=None, dtype=None):
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
     )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     from .models import clip_tokenizer
 
@@ -141,20 +137,7 @@ def sdxl_shaped_pipeline(seed: int = 0, device=None, dtype=None):
             up_block_types=("UpDecoderBlock2D",) * 4,
             scaling_factor=0.13025,
         )
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            )
-        )
+        text = _clip_vit_l_text()
         text_2 = CLIPTextModelWithProjection(
             CLIPTextConfig(
                 vocab_size=49408,
@@ -200,7 +183,7 @@ def flux_shaped_pipeline(seed: int = 0, device=None, dtype=None):
     index the random embedding."""
     import torch
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
     from .models import clip_tokenizer
     from .tiny_families import tiny_t5_tokenizer
@@ -233,20 +216,7 @@ def flux_shaped_pipeline(seed: int = 0, device=None, dtype=None):
             scaling_factor=0.3611,
             shift_factor=0.1159,
         )
-        text = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                bos_token_id=49406,
-                eos_token_id=49407,
-                pad_token_id=49407,
-            )
-        )
+        text = _clip_vit_l_text()
         text_2 = T5EncoderModel(
             T5Config(
                 vocab_size=32128,
