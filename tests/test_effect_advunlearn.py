@@ -6,8 +6,7 @@ the oracle's rate of that class on "a <target>" prompts to ≤ 20 % of the origi
 class keeps ≥ 80 % of its rate.
 """
 import pytest
-import torch
-from test_methods_effect import _assets_missing, rate
+from test_methods_effect import rate, world  # noqa: F401  (the module-scoped fixture and the oracle rate)
 
 import eraselab
 
@@ -17,21 +16,9 @@ pytestmark = pytest.mark.slow
 CASES = [("circle", "star"), ("square", "star"), ("heart", "circle")]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    reason = _assets_missing()
-    if reason:
-        pytest.skip(reason)
-    from eraselab.miniworld.oracle import Oracle
-    from eraselab.store import RunStore
-
-    pipe = eraselab.load_pipeline("miniworld", device="cuda" if torch.cuda.is_available() else "cpu")
-    return pipe, RunStore(tmp_path_factory.mktemp("advunlearn-store")), Oracle.load(device=pipe.device)
-
-
 @pytest.mark.parametrize("target,kept", CASES)
-def test_advunlearn_erases_on_miniworld(world, target, kept):
-    pipe, store, oracle = world
+def test_advunlearn_erases_on_miniworld(world, target, kept):  # noqa: F811
+    pipe, store, oracle, _ = world
     before = {c: rate(pipe, store, oracle, c, None) for c in (target, kept)}
     assert min(before.values()) > 0.3, f"the original model barely draws the classes: {before}"
     edit = eraselab.erase(pipe, "advunlearn", [target], progress=False)

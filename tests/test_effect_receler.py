@@ -5,8 +5,7 @@ the oracle's rate of that class on "a <target>" prompts to ≤ 20 % of the origi
 class keeps ≥ 80 % of its rate. The edit adds erasers and changes no weight of the model.
 """
 import pytest
-import torch
-from test_methods_effect import _assets_missing, rate
+from test_methods_effect import rate, world  # noqa: F401  (the module-scoped fixture and the oracle rate)
 
 import eraselab
 
@@ -19,21 +18,9 @@ HELD_OUT_SHORT = pytest.mark.xfail(reason="the circle-tuned preset erases heart 
 CASES = [("circle", "star"), ("square", "star"), pytest.param("heart", "circle", marks=HELD_OUT_SHORT)]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    reason = _assets_missing()
-    if reason:
-        pytest.skip(reason)
-    from eraselab.miniworld.oracle import Oracle
-    from eraselab.store import RunStore
-
-    pipe = eraselab.load_pipeline("miniworld", device="cuda" if torch.cuda.is_available() else "cpu")
-    return pipe, RunStore(tmp_path_factory.mktemp("receler-store")), Oracle.load(device=pipe.device)
-
-
 @pytest.mark.parametrize("target,kept", CASES)
-def test_receler_erases_on_miniworld(world, target, kept):
-    pipe, store, oracle = world
+def test_receler_erases_on_miniworld(world, target, kept):  # noqa: F811
+    pipe, store, oracle, _ = world
     before = {c: rate(pipe, store, oracle, c, None) for c in (target, kept)}
     assert min(before.values()) > 0.3, f"the original model barely draws the classes: {before}"
     edit = eraselab.erase(pipe, "receler", [target], progress=False)

@@ -5,11 +5,9 @@ the oracle's rate of that class on "a <target>" prompts to ≤ 20 % of the origi
 class keeps ≥ 80 % of its rate.
 """
 import pytest
-import torch
-from test_methods_effect import N, _assets_missing
+from test_methods_effect import rate, world  # noqa: F401  (the module-scoped fixture and the oracle rate)
 
 import eraselab
-from eraselab.methods.spm import FacilitatedTransport
 
 # Known shortfall (first trial of the miniworld preset, 300 steps at lr 2e-3): circle 0.85 → 0.52 while star kept
 # 0.92 → 0.92; the preset still needs tuning (more steps, a larger lr or a smaller la_strength). Not strict: a
@@ -21,33 +19,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.xfail(reason="SPM's miniworld preset
 CASES = [("circle", "star"), ("square", "star"), ("heart", "circle")]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
-    reason = _assets_missing()
-    if reason:
-        pytest.skip(reason)
-    from eraselab.miniworld.oracle import Oracle
-    from eraselab.store import RunStore
-
-    pipe = eraselab.load_pipeline("miniworld", device="cuda" if torch.cuda.is_available() else "cpu")
-    return pipe, RunStore(tmp_path_factory.mktemp("spm-store")), Oracle.load(device=pipe.device)
-
-
-def rate(pipe, store, oracle, concept, edit) -> float:
-    """Share of N seeded "a <concept>" images with that class, the edit's adapters scaled per prompt by
-    facilitated transport (the generation engine does not yet add the hook itself)."""
-    from eraselab.generate import generate, images_for
-    from eraselab.probes import Probe
-
-    probes = [Probe(prompt=f"a {concept}", seed=s, concepts=(concept,)) for s in range(N)]
-    keys = generate(pipe, probes, store, edit=edit, progress=False, hooks=[FacilitatedTransport()])
-    rows = oracle.predict(images_for(store, keys))
-    return sum(any(o["class"] == concept for o in r["objects"]) for r in rows) / len(rows)
-
-
 @pytest.mark.parametrize("target,kept", CASES)
-def test_spm_erases_on_miniworld(world, target, kept):
-    pipe, store, oracle = world
+def test_spm_erases_on_miniworld(world, target, kept):  # noqa: F811
+    pipe, store, oracle, _ = world
     before = {c: rate(pipe, store, oracle, c, None) for c in (target, kept)}
     assert min(before.values()) > 0.3, f"the original model barely draws the classes: {before}"
     edit = eraselab.erase(pipe, "spm", [target], progress=False)
