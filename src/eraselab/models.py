@@ -68,6 +68,11 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
     return pipe
 
 
+def looks_like_hub_id(name: str) -> bool:
+    """"owner/name": one slash, not a relative or home path (used when no such local path exists)."""
+    return name.count("/") == 1 and not name.startswith((".", "/", "~"))
+
+
 def resolve_model(model: str) -> tuple[str, Path | None]:
     """What `model` names, checked without loading anything: ("folder", path) for miniworld or a diffusers
     folder, ("file", path) for a single-file checkpoint, ("hub", None) for a hub id. Bad names fail here, in a
@@ -94,7 +99,7 @@ def resolve_model(model: str) -> tuple[str, Path | None]:
         raise EraseLabError(f"{path} is neither a diffusers folder nor a checkpoint file "
                             f"({', '.join(SINGLE_FILE_SUFFIXES)}); pass a folder written by save_pretrained, a "
                             ".safetensors checkpoint or a hub id")
-    if "/" in model and not model.startswith((".", "/", "~")) and model.count("/") == 1:
+    if looks_like_hub_id(model):
         return "hub", None
     raise EraseLabError(f"model {model!r} does not exist; pass --model miniworld, a diffusers folder or a "
                         "hub id like CompVis/stable-diffusion-v1-4")

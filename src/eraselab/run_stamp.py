@@ -1,7 +1,7 @@
 """A finished bench run's stamp: the signature of everything its results depend on, so that a re-run whose inputs
 did not change reuses results.json without loading a model (a warm `eraselab demo` in seconds).
 
-The signature is read from file metadata and package metadata only — no torch import, no weights read:
+The signature is read from file metadata and package metadata only — no weights are read:
 - the bench settings (BenchSpec, every field);
 - the model: a local folder or file by the size and modification time of each file; a hub id by the commit its
   local cache resolves to (no cache entry: no signature, so the run is never skipped);
@@ -22,6 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .models import looks_like_hub_id, resolve_model
 from .provenance import library_versions, sha256_hex, stable_json
 
 STAMP = "bench-stamp.json"
@@ -53,16 +54,12 @@ def _hub_commit(repo_id: str) -> str | None:
     return ref.read_text().strip() if ref.is_file() else None
 
 
-def _looks_like_hub_id(value: str) -> bool:
-    return value.count("/") == 1 and not value.startswith((".", "/", "~")) and " " not in value
-
-
 def _value_signature(value: str):
     """A setting's signature: its files when it names a path, its cached commit when it is a hub id."""
     path = Path(value).expanduser()
     if path.exists():
         return {"path": str(path.resolve()), "files": _files_signature(path)}
-    if _looks_like_hub_id(value):
+    if looks_like_hub_id(value) and " " not in value:
         commit = _hub_commit(value)
         return {"hub": value, "commit": commit} if commit else None
     return value
@@ -70,8 +67,6 @@ def _value_signature(value: str):
 
 def _settings_signature(spec) -> dict | None:
     """Signatures of the settings that name models, files or folders; None when one cannot be signed."""
-    from .models import resolve_model
-
     kind, model_path = resolve_model(spec.model)
     if kind == "hub":
         commit = _hub_commit(spec.model)

@@ -22,6 +22,16 @@ def _clip_vit_l_text():
                                         pad_token_id=49407))
 
 
+def _sd_vae(**config):
+    """The SD-family KL autoencoder (4 blocks of 128–512 channels, 8× downsampling) with random weights; `config`
+    sets what differs by model (latent channels, scaling, quant convs)."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, layers_per_block=2,
+                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, **config)
+
+
 @contextmanager
 def _networks_on(device, dtype):
     """Networks built inside draw their random weights on `device` in `dtype` (seconds on a GPU instead of
@@ -42,7 +52,7 @@ def sd14_shaped_pipeline(seed: int = 0, device=None, dtype=None):
     """Stable Diffusion 1.4's architecture (its published configs: UNet 860 M, CLIP ViT-L/14 text, VAE) with
     random weights and SD 1.4's PNDM scheduler settings."""
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
     from .models import clip_tokenizer
 
@@ -55,16 +65,7 @@ def sd14_shaped_pipeline(seed: int = 0, device=None, dtype=None):
             block_out_channels=(320, 640, 1280, 1280),
             layers_per_block=2,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            layers_per_block=2,
-            sample_size=512,
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-        )
+        vae = _sd_vae(sample_size=512)
         text = _clip_vit_l_text()
     scheduler = PNDMScheduler(
         beta_start=0.00085,
@@ -101,7 +102,6 @@ def sdxl_shaped_pipeline(seed: int = 0, device=None, dtype=None):
     ViT-bigG text encoders, SDXL VAE scaling, Euler scheduler) with random weights."""
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionXLPipeline,
         UNet2DConditionModel,
@@ -126,17 +126,7 @@ def sdxl_shaped_pipeline(seed: int = 0, device=None, dtype=None):
             addition_time_embed_dim=256,
             projection_class_embeddings_input_dim=2816,
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            layers_per_block=2,
-            sample_size=1024,
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            scaling_factor=0.13025,
-        )
+        vae = _sd_vae(sample_size=1024, scaling_factor=0.13025)
         text = _clip_vit_l_text()
         text_2 = CLIPTextModelWithProjection(
             CLIPTextConfig(
@@ -182,7 +172,7 @@ def flux_shaped_pipeline(seed: int = 0, device=None, dtype=None):
     offline one (tiny_families.tiny_t5_tokenizer): T5's SentencePiece model is not shipped, and token ids only
     index the random embedding."""
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     from .models import clip_tokenizer
@@ -202,20 +192,8 @@ def flux_shaped_pipeline(seed: int = 0, device=None, dtype=None):
             guidance_embeds=True,
             axes_dims_rope=(16, 56, 56),
         )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=16,
-            layers_per_block=2,
-            sample_size=1024,
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            use_quant_conv=False,
-            use_post_quant_conv=False,
-            scaling_factor=0.3611,
-            shift_factor=0.1159,
-        )
+        vae = _sd_vae(sample_size=1024, latent_channels=16, use_quant_conv=False, use_post_quant_conv=False,
+                      scaling_factor=0.3611, shift_factor=0.1159)
         text = _clip_vit_l_text()
         text_2 = T5EncoderModel(
             T5Config(

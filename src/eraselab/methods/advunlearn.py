@@ -47,7 +47,7 @@ from .diffusion import NoiseSchedule, ddim_rollout, latent_shape, unet_out
 from .esd import esd_target
 from .registry import register
 from .text import PromptEncoder, concept_prompt
-from .training import loss_summary, progress_bar
+from .training import check_trainable, loss_summary, progress_bar
 from .uce import preserved_concepts
 
 REFERENCE = Reference("OPTML-Group/AdvUnlearn", "9d231249f9af13626e8bb9dcef5521f11d262498",
@@ -223,12 +223,7 @@ class TextEncoderTraining:
 
     def __init__(self, pipe, names: list[str], lr: float, seed: int):
         encoder = pipe.text_encoder
-        if encoder.dtype != torch.float32:
-            raise EraseLabError(f"fine-tuning needs float32 weights but the text encoder is {encoder.dtype}; "
-                                "load the model without a half-precision dtype")
-        if edits.applied_edit(pipe) is not None:
-            raise EraseLabError("the pipeline already has an edit applied; revert it (edit.revert(pipe)) "
-                                "before erasing, so the new edit is relative to the base model")
+        check_trainable(pipe, encoder, "the text encoder")
         self.pipe, self.encoder, self.names = pipe, encoder, names
         self.started = time.perf_counter()
         self.before = edits.snapshot(pipe, [f"text_encoder.{n}" for n in names])

@@ -18,6 +18,17 @@ from .params import parameter_group, unet_prefixed
 CURVE_POINTS = 200
 
 
+def check_trainable(pipe, module: torch.nn.Module, what: str) -> None:
+    """Refuse, before any work, a fine-tuning start that could not give a valid Edit: half-precision weights
+    (`what` names the module in the message), or an edit already applied to the pipeline."""
+    if module.dtype != torch.float32:
+        raise EraseLabError(f"fine-tuning needs float32 weights but {what} is {module.dtype}; load the model "
+                            "without a half-precision dtype")
+    if edits.applied_edit(pipe) is not None:
+        raise EraseLabError("the pipeline already has an edit applied; revert it (edit.revert(pipe)) before "
+                            "erasing, so the new edit is relative to the base model")
+
+
 class TrainingSession:
     """Trains a parameter group of `pipe.unet` in place; `finish()` returns the Edit and restores the pipe.
 
@@ -30,12 +41,7 @@ class TrainingSession:
         """Adam at `lr` on `group`; with `weight_decay` (not None) AdamW (betas 0.9/0.999, eps 1e-8) as the
         diffusers training scripts use; `max_grad_norm` > 0 clips the trained parameters' gradient norm."""
         unet = pipe.unet
-        if unet.dtype != torch.float32:
-            raise EraseLabError(f"fine-tuning needs float32 weights but the UNet is {unet.dtype}; load the model "
-                                "without a half-precision dtype")
-        if edits.applied_edit(pipe) is not None:
-            raise EraseLabError("the pipeline already has an edit applied; revert it (edit.revert(pipe)) before "
-                                "erasing, so the new edit is relative to the base model")
+        check_trainable(pipe, unet, "the UNet")
         self.pipe, self.unet, self.group = pipe, unet, group
         self.names = parameter_group(unet, group)
         self.started = time.perf_counter()
