@@ -171,3 +171,35 @@ def test_two_identical_runs_with_every_method_have_equal_results_hashes(tiny_mod
     second = run_bench(spec, tmp_path / "b", say=lambda m: None, progress=False)
     assert set(first["methods"]) == set(methods)
     assert first["results_hash"] == second["results_hash"]
+
+
+def test_variants_prepared_by_worker_processes_give_the_same_results(bench_run, tiny_model_dir, tmp_path):
+    """--jobs 2: the original and the uce variant are prepared in two spawned processes (variant_jobs.py);
+    the bench then finds every edit, image and attention map cached and writes the same results."""
+    _, sequential = bench_run
+    said = []
+    parallel = run_bench(_spec(tiny_model_dir), tmp_path / "par", say=said.append, progress=False, jobs=2)
+    assert any("in 2 worker processes" in m for m in said), said
+    assert any(m.startswith("reusing the cached uce edit") for m in said), said  # made by a worker
+    assert not any(m.startswith("generating") for m in said), said  # every image came from the workers
+    assert parallel["results_hash"] == sequential["results_hash"]
+
+
+def test_worker_plan_stays_in_one_process_where_workers_cannot_help():
+    import torch
+
+    from eraselab.variant_jobs import SMALL_MODEL_PARAMETERS, parse_jobs, plan_workers
+
+    class Pipe:
+        def __init__(self, size):
+            self.components = {"unet": torch.nn.Linear(size, 1, bias=False, device="meta")}
+
+    small, big = Pipe(10), Pipe(SMALL_MODEL_PARAMETERS + 1)
+    assert plan_workers(2, small, "cpu", 4, ["uce"]) == 2
+    assert plan_workers(8, small, "cpu", 3, ["uce", "ap"]) == 3  # never more workers than variants
+    assert plan_workers(None, big, "cpu", 4, ["uce"]) == 1  # a large model: one process, all threads
+    assert plan_workers(2, small, "cuda", 4, ["uce"]) == 1  # one device: one process
+    assert plan_workers(2, small, "cpu", 1, []) == 1
+    assert plan_workers(1, small, "cpu", 4, ["uce"]) == 1
+    with pytest.raises(EraseLabError, match="--jobs"):
+        parse_jobs("0")

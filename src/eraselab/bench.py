@@ -165,30 +165,52 @@ def build_probes(spec: BenchSpec) -> list:
 
 
 # ---- stages -------------------------------------------------------------------------------------------------
-def make_edits(pipe, spec: BenchSpec, run_dir: Path, say) -> dict:
+def make_edits(pipe, spec: BenchSpec, run_dir: Path, say, progress: bool = True) -> dict:
+    domain = spec.user_domain()  # read once: a user's domain is a YAML file
+    return {method: make_edit(pipe, spec, run_dir, method, domain, say, progress) for method in spec.methods}
+
+
+def make_edit(pipe, spec: BenchSpec, run_dir: Path, method: str, domain, say, progress: bool = True):
+    """`method`'s edit: the one cached in edits/<method>/ when its request matches, else a new erase (cached)."""
     from .edit_cache import load_cached_edit, request_record, save_cached_edit
     from .methods import build_request, erase
     from .models import fingerprint
 
-    edits = {}
-    domain = spec.user_domain()  # read once: a user's domain is a YAML file
-    for method in spec.methods:
-        config = spec.method_config.get(method, {})
-        _, request = build_request(method, spec.targets, spec.preserve, pipe=pipe, domain=domain, **config)
-        record = request_record(method, request.targets, request.preserve, request.config.as_dict(),
-                                fingerprint(pipe))
-        if domain is not None:  # another domain may give the method other anchors or preserved concepts
-            record["domain"] = domain.tag()
-        folder = run_dir / "edits" / method
-        edit = load_cached_edit(folder, record, warn=say)
-        if edit is None:
-            say(f"erasing {', '.join(spec.targets)} with {method}")
-            edit = erase(pipe, method, list(spec.targets), list(spec.preserve), domain=domain, **config)
-            save_cached_edit(folder, edit, record)
-        else:
-            say(f"reusing the cached {method} edit ({folder})")
-        edits[method] = edit
-    return edits
+    config = spec.method_config.get(method, {})
+    _, request = build_request(method, spec.targets, spec.preserve, pipe=pipe, domain=domain, **config)
+    record = request_record(method, request.targets, request.preserve, request.config.as_dict(),
+                            fingerprint(pipe))
+    if domain is not None:  # another domain may give the method other anchors or preserved concepts
+        record["domain"] = domain.tag()
+    folder = run_dir / "edits" / method
+    edit = load_cached_edit(folder, record, warn=say)
+    if edit is None:
+        say(f"erasing {', '.join(spec.targets)} with {method}")
+        edit = erase(pipe, method, list(spec.targets), list(spec.preserve), progress=progress, domain=domain,
+                     **config)
+        save_cached_edit(folder, edit, record)
+    else:
+        say(f"reusing the cached {method} edit ({folder})")
+    return edit
+
+
+def prepare_images(pipe, spec: BenchSpec, run_dir: Path, probes: list, name: str, edit, progress: bool,
+                   say=None) -> tuple[list[str], dict]:
+    """One variant's image keys (generated into the run's store unless there already) and its attention
+    record (recorded unless its file is current; {} without --attention)."""
+    from .generate import generate
+    from .store import RunStore
+
+    if say:
+        say(f"generating {len(probes)} images: {name}")
+    with RunStore(run_dir / "store") as store:
+        keys = generate(pipe, probes, store, edit=edit, batch_size=spec.batch_size, progress=progress,
+                        run_config={"bench": asdict(spec), "variant": name})
+    attention = {}
+    if spec.attention:
+        (run_dir / "attention").mkdir(parents=True, exist_ok=True)
+        attention = record_attention(pipe, spec, probes, edit, run_dir / "attention" / f"{name}.npz")
+    return keys, attention
 
 
 def judge(evaluator, store, probes: list, keys: list[str], batch: int = 64) -> list[dict]:
@@ -269,13 +291,16 @@ def _mean_dicts(ds: list[dict]) -> dict:
 
 
 # ---- the whole run -----------------------------------------------------------------------------------------
-def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = True) -> dict:
+def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = True,
+              jobs: int | None = None) -> dict:
+    """Run (or resume) the bench of `spec` in `run_dir`. `jobs`: worker processes that prepare the variants
+    (None: automatic, see variant_jobs.plan_workers; 1: none)."""
     from . import metrics
-    from .generate import generate
     from .metrics_cache import cached_summary, features_hash, table_hash
     from .models import fingerprint, load_pipeline, model_source, pick_device
     from .run_stamp import STAMP, reusable_results, signature, write_stamp
     from .store import RunStore
+    from .variant_jobs import plan_workers, prepare_variants
 
     validate(spec)
     run_dir = Path(run_dir)
@@ -291,24 +316,29 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     say(f"{len(probes)} probes from {', '.join(spec.suites)}; loading the evaluator {spec.evaluator_name()}")
     evaluator = _evaluator_for(spec, probes)
     say(f"loading {spec.model}")
-    pipe = load_pipeline(spec.model, device=pick_device(None))
+    device = pick_device(None)
+    pipe = load_pipeline(spec.model, device=device)
+    variant_names = [ORIGINAL, *spec.methods]
+    workers = plan_workers(jobs, pipe, device, len(variant_names), spec.methods)
+    if workers > 1:  # fills the caches that the steps below then read (variant_jobs.py)
+        import torch
+
+        prepare_variants(spec, pipe, run_dir, variant_names, workers, torch.get_num_threads(), say)
     edits = make_edits(pipe, spec, run_dir, say)
     variants = {ORIGINAL: None, **edits}
     keys, rows, attention = {}, {}, {}
+    for name, edit in variants.items():
+        # After the workers every image is stored: nothing to announce.
+        keys[name], maps = prepare_images(pipe, spec, run_dir, probes, name, edit, progress,
+                                          say if workers == 1 else None)
+        if spec.attention:
+            attention[name] = maps
     with RunStore(run_dir / "store") as store:
-        for name, edit in variants.items():
-            say(f"generating {len(probes)} images: {name}")
-            keys[name] = generate(pipe, probes, store, edit=edit, batch_size=spec.batch_size, progress=progress,
-                                  run_config={"bench": asdict(spec), "variant": name})
         for name in variants:
             say(f"judging {name} with {evaluator.name}")
             rows[name] = judge(evaluator, store, probes, keys[name])
         features = _features(evaluator, store, keys) if hasattr(evaluator, "features") else {}
         image_paths = {n: [str(store.image_path(k).relative_to(run_dir)) for k in ks] for n, ks in keys.items()}
-    if spec.attention:
-        (run_dir / "attention").mkdir(parents=True, exist_ok=True)
-        for name, edit in variants.items():
-            attention[name] = record_attention(pipe, spec, probes, edit, run_dir / "attention" / f"{name}.npz")
 
     hierarchy, aliases = _concept_data(spec)
     original_table = list(zip(probes, rows[ORIGINAL]))

@@ -28,6 +28,7 @@ def register(app: typer.Typer) -> None:
         batch_size: int = typer.Option(None, "--batch-size", help="Probes per batch (default: from free memory)."),
         attention: bool = typer.Option(True, "--attention/--no-attention", help="Record cross-attention maps of the target."),
         out: Path = typer.Option(Path("eraselab-bench"), "--out", "-o", help="Run folder (created; reused to resume)."),
+        jobs: str = typer.Option("auto", "--jobs", help="Worker processes that prepare the variants (erase, images) side by side: auto (on the CPU for small models such as miniworld) or a number; 1: none."),
     ):
         """Erase TARGET with each method, run the suites on the original and edited models, judge, and write
         results.json + tables/*.csv to --out. Re-running resumes: cached edits, images and judgments are reused.
@@ -36,12 +37,14 @@ def register(app: typer.Typer) -> None:
         """
         from ..bench import BenchSpec, run_bench
         from ..errors import EraseLabError
+        from ..variant_jobs import parse_jobs
         from .console import console, summary_table
 
         if not target:  # a bench is minutes to hours of work: never start one nobody asked for in full
             raise EraseLabError("no target given; pass --target CONCEPT (e.g. --target circle), or run `eraselab "
                                 "demo` for the ready-made miniworld run")
 
+        workers = parse_jobs(jobs)
         spec = BenchSpec(model=model, methods=comma_list(methods), targets=distinct(target, "--target"),
                          preserve=distinct(preserve, "--preserve"),
                          suites=comma_list(suites), evaluator=evaluator, seeds_per_prompt=seeds_per_prompt,
@@ -49,6 +52,6 @@ def register(app: typer.Typer) -> None:
                          suite_options=scoped_key_values(suite_option, "--suite-option"), batch_size=batch_size,
                          attention=attention, base_seed=base_seed, precision=precision,
                          domain_file=str(domain) if domain else None)
-        results = run_bench(spec, out, say=lambda m: console.print(f"[dim]·[/dim] {m}"))
+        results = run_bench(spec, out, say=lambda m: console.print(f"[dim]·[/dim] {m}"), jobs=workers)
         console.print(summary_table(results))
         console.print(f"results: {out / 'results.json'}")
