@@ -3,7 +3,6 @@ the general hierarchy type lives on the ground floor, and nothing below bench im
 data."""
 import ast
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -17,14 +16,20 @@ from eraselab.methods import build_request
 from eraselab.methods.ca import resolve_anchor
 from eraselab.methods.vocabulary import en3k, load_vocabulary
 from eraselab.miniworld.world import WORLD, World
+from eraselab.pipeline_state import state_of
 from eraselab.suites import get_suite, load_taxonomy
 
 SRC = Path(eraselab.__file__).parent
 
 
-def _pipe_named(source: str):
+class _Stand:
     """Stands in for a loaded pipeline: domain_for_model reads only the model's source."""
-    return SimpleNamespace(**{models._SOURCE_ATTR: source})
+
+
+def _pipe_named(source: str):
+    pipe = _Stand()
+    state_of(pipe).source = source
+    return pipe
 
 
 def test_the_model_chooses_the_domain():

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file
 
 from eraselab.edit_modules import MODULE_KINDS, AddedModule, ModuleSpec, attach, attached_modules
-from eraselab.edits import Edit, edit_from_changes, snapshot
+from eraselab.edits import Edit, applied_edit, edit_from_changes, snapshot
 from eraselab.errors import EraseLabError
 from eraselab.models import compute_fingerprint, fingerprint, load_pipeline
 
@@ -35,7 +35,7 @@ def tiny_pipe(tiny_pipe_factory):
     """One shared tiny pipeline: every test here leaves it as it found it (edits reverted)."""
     pipe = tiny_pipe_factory(0)
     yield pipe
-    assert getattr(pipe, "_eraselab_applied_edit", None) is None
+    assert applied_edit(pipe) is None
 
 
 def _attn2_paths(pipe):

@@ -152,9 +152,9 @@ def test_erase_time_leaves_out_fingerprinting_and_is_zero_for_inference_time_met
 
     real = eraselab.models.compute_fingerprint
 
-    def slow_fingerprint(pipe):  # stands in for hashing SD's 3.9 GB of weights
+    def slow_fingerprint(pipe, *args):  # stands in for hashing SD's 3.9 GB of weights
         time.sleep(3)
-        return real(pipe)
+        return real(pipe, *args)
 
     monkeypatch.setattr(eraselab.models, "compute_fingerprint", slow_fingerprint)
     edit = eraselab.erase(tiny_pipe, "uce", ["circle"], progress=False)

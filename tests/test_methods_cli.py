@@ -67,9 +67,13 @@ def test_preset_follows_the_model(tiny_pipe_factory):
     assert req.config.iterations == 3 and req.config.lr == 3e-4  # user values win over the preset
 
 
+class _NoWeights(SimpleNamespace):
+    """A pipeline stand-in without weights (inference-time methods read none); unlike SimpleNamespace it can
+    be weakly referenced, which eraselab's per-pipeline state needs."""
+
+
 def test_negative_prompt_edit():
-    pipe = SimpleNamespace(unet=None)
-    pipe._eraselab_fingerprint = "f" * 16
+    pipe = _NoWeights(unet=None)
     edit = eraselab.erase(pipe, "negprompt", ["circle", "red star"])
     assert edit.tensors == {} and edit.generation == {"kind": "negative_prompt", "negative_prompt": "circle, red star"}
     assert guidance_for(edit.generation).negative_prompt("") == "circle, red star"
@@ -79,7 +83,7 @@ def test_negative_prompt_edit():
 def test_sld_guidance_matches_diffusers_safe_pipeline(strength):
     from diffusers.pipelines.deprecated.stable_diffusion_safe import StableDiffusionPipelineSafe
 
-    pipe = SimpleNamespace(unet=None, _eraselab_fingerprint="f" * 16)
+    pipe = _NoWeights(unet=None)
     edit = eraselab.erase(pipe, "sld", ["nudity"], strength=strength)
     hook = guidance_for(edit.generation)
     assert hook.extra_prompts() == ["nudity"]

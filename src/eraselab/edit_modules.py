@@ -38,11 +38,11 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import EraseLabError
+from .pipeline_state import known_state, state_of
 from .registry import Registry
 
 MODULE_PREFIX = "modules."
 HOOKS = ("add_to_output", "add_beside")
-_ATTACHMENT_ATTR = "_eraselab_attached_modules"
 
 MODULE_KINDS: Registry[type[torch.nn.Module]] = Registry(
     "edit module kind", base=torch.nn.Module, entry_points="eraselab.edit_modules",
@@ -208,7 +208,7 @@ class Attachment:
     `with attachment.disabled():` the pipeline computes as if they were absent (a method's frozen model)."""
 
     def __init__(self, pipe, pairs: Sequence[tuple[ModuleSpec, torch.nn.Module]]):
-        self.pipe, self.enabled = pipe, True
+        self.enabled = True  # no reference to `pipe`: the pipeline's state holds an Attachment
         self.modules = {spec.name: module for spec, module in pairs}
         targets = [(spec, module, target_module(pipe, spec.attach_to)) for spec, module in pairs]
         self._handles = []
@@ -245,20 +245,22 @@ def attach_edit_modules(pipe, modules: Sequence[AddedModule]) -> Attachment | No
     if not modules:
         return None
     attachment = attach(pipe, [(m.spec, m.instantiate()) for m in modules])
-    setattr(pipe, _ATTACHMENT_ATTR, attachment)
+    state_of(pipe).attached_modules = attachment
     return attachment
 
 
 def detach_edit_modules(pipe, attachment: Attachment | None) -> None:
     if attachment is not None:
         attachment.remove()
-        if getattr(pipe, _ATTACHMENT_ATTR, None) is attachment:
-            setattr(pipe, _ATTACHMENT_ATTR, None)
+        state = known_state(pipe)
+        if state is not None and state.attached_modules is attachment:
+            state.attached_modules = None
 
 
 def attached_modules(pipe) -> dict[str, torch.nn.Module]:
     """name → instance of the modules of the Edit applied to `pipe` (e.g. to set an inference-time scale)."""
-    attachment = getattr(pipe, _ATTACHMENT_ATTR, None)
+    state = known_state(pipe)
+    attachment = state.attached_modules if state is not None else None
     return dict(attachment.modules) if attachment is not None else {}
 
 

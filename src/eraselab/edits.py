@@ -30,13 +30,13 @@ from .edit_modules import (
     split_module_tensors,
 )
 from .errors import EraseLabError
-from .models import fingerprint
+from .models import confirm_written_back, fingerprint
+from .pipeline_state import known_state, state_of
 from .provenance import library_versions, sha256_hex, stable_json
 
 EDIT_TENSORS = "edit.safetensors"
 EDIT_META = "edit.json"
 FORMAT_VERSION = 2  # 2: added modules
-_APPLIED_ATTR = "_eraselab_applied_edit"
 
 
 @dataclass
@@ -89,9 +89,9 @@ class Edit:
         """Write the edited parameters into `pipe` in place and hook in the added modules, keeping what
         `revert` needs to restore the pipeline exactly."""
         self.check_base(pipe)
-        current = getattr(pipe, _APPLIED_ATTR, None)
-        if current is not None:
-            current.revert(pipe)
+        state = state_of(pipe)
+        if state.applied_edit is not None:
+            state.applied_edit.revert(pipe)
         params = named_parameters(pipe)
         missing = [n for n in self.tensors if n not in params]
         if missing:
@@ -102,27 +102,29 @@ class Edit:
                 raise EraseLabError(f"edit tensor {name} has shape {tuple(new.shape)} but the model's is "
                                     f"{tuple(params[name].shape)}; the edit belongs to another architecture, "
                                     "load the model it was made from")
-        attachment = attach_edit_modules(pipe, self.modules)  # refuses before hooking anything
-        backup = {}
+        attach_edit_modules(pipe, self.modules)  # refuses before hooking anything
+        # The originals go into the pipeline's state before the first write: from then on the fingerprint
+        # takes them in place of the edited values, so it stays the base model's.
+        state.applied_edit, state.edit_originals = self, {}
         with torch.no_grad():
             for name, new in self.tensors.items():
                 p = params[name]
-                backup[name] = p.detach().clone()
+                state.edit_originals[name] = p.detach().clone()
                 p.copy_(new.to(device=p.device, dtype=p.dtype))
-        self._backup, self._attachment = backup, attachment
-        setattr(pipe, _APPLIED_ATTR, self)
 
     def revert(self, pipe) -> None:
         """Restore the parameters `apply` overwrote and remove the modules it hooked in."""
-        if getattr(pipe, _APPLIED_ATTR, None) is not self:
+        state = state_of(pipe)
+        if state.applied_edit is not self:
             return
-        detach_edit_modules(pipe, getattr(self, "_attachment", None))
+        fingerprint(pipe)  # confirmed (or computed) while the originals are known, so the write-back keeps it
+        detach_edit_modules(pipe, state.attached_modules)
         params = named_parameters(pipe)
         with torch.no_grad():
-            for name, old in getattr(self, "_backup", {}).items():
+            for name, old in state.edit_originals.items():
                 params[name].copy_(old)
-        self._backup, self._attachment = {}, None
-        setattr(pipe, _APPLIED_ATTR, None)
+        confirm_written_back(pipe, state.edit_originals)
+        state.applied_edit, state.edit_originals = None, {}
 
     # ---- disk -----------------------------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
@@ -197,6 +199,7 @@ class Edit:
             with torch.no_grad():
                 for name, old in baked.items():
                     params[name].copy_(old)
+            confirm_written_back(pipe, baked)
             self.revert(pipe)
         return Path(out_dir)
 
@@ -241,8 +244,16 @@ def named_parameters(pipe) -> dict[str, torch.nn.Parameter]:
     return out
 
 
+class Snapshot(dict):
+    """Parameter name → copy, taken by `snapshot` before a method changes them in place, with the base model's
+    fingerprint at that moment."""
+
+    fingerprint: str
+
+
 def edit_from_changes(pipe, before: dict[str, torch.Tensor], method: str, **meta) -> Edit:
-    """Build an Edit from the parameters that differ from `before` (a snapshot taken by `snapshot`)."""
+    """Build an Edit from the parameters that differ from `before` (a snapshot taken by `snapshot`); the
+    method then writes `before` back (the next fingerprint checks that it did)."""
     params = named_parameters(pipe)
     changed = {n: params[n].detach().cpu().clone() for n, old in before.items()
                if not torch.equal(params[n].detach().cpu(), old)}
@@ -250,19 +261,27 @@ def edit_from_changes(pipe, before: dict[str, torch.Tensor], method: str, **meta
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise EraseLabError(f"the {method} edit produced non-finite values in {n}; lower the learning rate or "
                                 "the erase scale")
-    return Edit(tensors=changed, method=method, base_fingerprint=fingerprint(pipe), **meta)
+    base = before.fingerprint if isinstance(before, Snapshot) else fingerprint(pipe)
+    edit = Edit(tensors=changed, method=method, base_fingerprint=base, **meta)
+    if isinstance(before, Snapshot):
+        state_of(pipe).awaiting_write_back = before
+    return edit
 
 
-def snapshot(pipe, names=None) -> dict[str, torch.Tensor]:
+def snapshot(pipe, names=None) -> Snapshot:
     """Copies of the parameters (all, or `names`) before a method changes them in place.
 
-    Also fixes the base fingerprint now, while the weights are still the original ones."""
-    fingerprint(pipe)
+    Also fixes the base fingerprint now, while the weights are still the original ones: the method's writes
+    change the weights' fingerprint, not the base its Edit is made for."""
+    base = fingerprint(pipe)
     params = named_parameters(pipe)
-    return {n: params[n].detach().cpu().clone() for n in (names if names is not None else params)}
+    copies = Snapshot({n: params[n].detach().cpu().clone() for n in (names if names is not None else params)})
+    copies.fingerprint = base
+    return copies
 
 
 def applied_edit(pipe):
-    return getattr(pipe, _APPLIED_ATTR, None)
+    state = known_state(pipe)
+    return state.applied_edit if state is not None else None
 
 

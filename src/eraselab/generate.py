@@ -83,9 +83,8 @@ def generate(pipe, probes: Sequence[Probe], store: RunStore, edit=None, batch_si
     the run (the command line, a benchmark's settings). `lane_policy` is "fixed" (pixels independent of the
     request) or "fit" (cheaper for a few images; see lane_plan).
 
-    Weights changed in place without an Edit are invisible to the keys (the model fingerprint is computed once
-    per loaded pipeline), so pass changes as an Edit; an Edit already applied with `edit.apply(pipe)` is
-    recognised and stays applied.
+    Weights changed in place without an Edit are a new model: its fingerprint, and so the keys, change (see
+    pipeline_state); an Edit already applied with `edit.apply(pipe)` is recognised and stays applied.
     """
     probes = list(probes)
     if not probes:

@@ -11,12 +11,10 @@ from pathlib import Path
 import torch
 
 from .errors import EraseLabError
+from .pipeline_state import PipelineState, known_state, signature, state_of
 
 MINIWORLD = "miniworld"
 _TOKENIZER_DIR = "data/clip_tokenizer"
-# Attribute names under which eraselab keeps its bookkeeping on a loaded pipeline object.
-_FINGERPRINT_ATTR = "_eraselab_fingerprint"
-_SOURCE_ATTR = "_eraselab_source"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
 
 
@@ -59,7 +57,7 @@ def load_pipeline(model: str, device: str | torch.device | None = None, dtype: t
     else:
         pipe = _from_hub(model)
     _check_tokenizer(pipe, model)
-    setattr(pipe, _SOURCE_ATTR, model)
+    state_of(pipe).source = model
     if dtype is not None:
         pipe.to(dtype=dtype)
     if device is not None:
@@ -235,28 +233,60 @@ def fingerprinted_modules(pipe) -> dict[str, torch.nn.Module]:
     return {n: getattr(pipe, n) for n in names if isinstance(getattr(pipe, n, None), torch.nn.Module)}
 
 
-def compute_fingerprint(pipe) -> str:
-    """sha256 over the names, shapes, dtypes and bytes of the UNet and text-encoder parameters (first 16 hex)."""
+def fingerprinted_tensors(pipe) -> dict[str, torch.Tensor]:
+    """The state-dict tensors the fingerprint covers, by component-prefixed name ("unet.conv_in.weight")."""
+    return {f"{comp}.{name}": t for comp, module in fingerprinted_modules(pipe).items()
+            for name, t in module.state_dict().items()}
+
+
+def compute_fingerprint(pipe, base: dict[str, torch.Tensor] | None = None) -> str:
+    """sha256 over the names, shapes, dtypes and bytes of the UNet and text-encoder parameters (first 16 hex).
+    `base`: values to hash instead of the current ones (what eraselab overwrote in place), by tensor name."""
     h = hashlib.sha256()
+    base = base or {}
     for comp, module in fingerprinted_modules(pipe).items():
         for name, tensor in sorted(module.state_dict().items()):
-            t = tensor.detach().to("cpu").contiguous()
+            t = base.get(f"{comp}.{name}", tensor).detach().to("cpu").contiguous()
             h.update(f"{comp}.{name}|{tuple(t.shape)}|{t.dtype}".encode())
             h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return h.hexdigest()[:16]
 
 
 def fingerprint(pipe) -> str:
-    """The base model's fingerprint, computed once per loaded pipeline (edits applied later do not change it)."""
-    fp = getattr(pipe, _FINGERPRINT_ATTR, None)
-    if fp is None:
-        fp = compute_fingerprint(pipe)
-        setattr(pipe, _FINGERPRINT_ATTR, fp)
-    return fp
+    """The base model's fingerprint: the weights' hash, with the values an applied Edit overwrote taken from
+    before it. Cached per pipeline; any other in-place change of the weights (see pipeline_state) makes it
+    computed again."""
+    state = state_of(pipe)
+    tensors = fingerprinted_tensors(pipe)
+    _check_write_back(state, tensors)
+    base = state.edit_originals
+    return state.model.get(tensors, lambda: compute_fingerprint(pipe, base), known=base)
+
+
+def _check_write_back(state, tensors: dict[str, torch.Tensor]) -> None:
+    """After a method's erase: the parameters it wrote and then put back to the snapshot's values still have
+    the fingerprint the snapshot fixed, so the cache need not hash the model again."""
+    snap, state.awaiting_write_back = state.awaiting_write_back, None
+    if snap is None or state.model.value != snap.fingerprint:
+        return
+    written = [n for n, sig in signature({n: tensors[n] for n in snap if n in tensors}).items()
+               if sig != state.model.signature.get(n)]
+    state.model.confirm(tensors, [n for n in written if _same_values(tensors[n], snap[n])])
+
+
+def _same_values(t: torch.Tensor, old: torch.Tensor) -> bool:
+    return t.shape == old.shape and t.dtype == old.dtype and torch.equal(t.detach().cpu(), old.cpu())
+
+
+def confirm_written_back(pipe, names) -> None:
+    """eraselab has just written back, in place, the values these parameters had when the fingerprint was
+    last confirmed (a revert): the cached fingerprint still holds for them."""
+    state_of(pipe).model.confirm(fingerprinted_tensors(pipe), names)
 
 
 def model_source(pipe) -> str:
-    return getattr(pipe, _SOURCE_ATTR, "in-memory")
+    state = known_state(pipe)
+    return state.source if state is not None else PipelineState.source
 
 
 def tiny_random_pipeline(seed: int = 0, sd1_shapes: bool = False, text_dim: int = 32):
@@ -298,7 +328,7 @@ def tiny_random_pipeline(seed: int = 0, sd1_shapes: bool = False, text_dim: int 
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    setattr(pipe, _SOURCE_ATTR, f"tiny-random(seed={seed}{', sd1' if sd1_shapes else ''})")
+    state_of(pipe).source = f"tiny-random(seed={seed}{', sd1' if sd1_shapes else ''})"
     return pipe.to("cpu")
 
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from .models import _SOURCE_ATTR, clip_tokenizer
+from .models import clip_tokenizer
+from .pipeline_state import state_of
 
 
 def _clip_text_config(hidden: int, layers: int = 2, **extra):
@@ -66,7 +67,7 @@ def tiny_random_sdxl_pipeline(seed: int = 0):
                                      tokenizer=clip_tokenizer(), tokenizer_2=tokenizer_2, unet=unet,
                                      scheduler=scheduler, add_watermarker=False)
     pipe.set_progress_bar_config(disable=True)
-    setattr(pipe, _SOURCE_ATTR, f"tiny-random-sdxl(seed={seed})")
+    state_of(pipe).source = f"tiny-random-sdxl(seed={seed})"
     return pipe.to("cpu")
 
 
@@ -98,7 +99,7 @@ def tiny_random_sd2_pipeline(seed: int = 0, text_dim: int = 1024):
                                    scheduler=scheduler, safety_checker=None, feature_extractor=None,
                                    requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
-    setattr(pipe, _SOURCE_ATTR, f"tiny-random-sd2(seed={seed})")
+    state_of(pipe).source = f"tiny-random-sd2(seed={seed})"
     return pipe.to("cpu")
 
 
@@ -175,5 +176,5 @@ def tiny_random_flux_pipeline(seed: int = 0, guidance_embeds: bool = True):
                         text_encoder_2=text_encoder_2, tokenizer_2=tokenizer_2, transformer=transformer)
     pipe.set_progress_bar_config(disable=True)
     variant = "dev" if guidance_embeds else "schnell"
-    setattr(pipe, _SOURCE_ATTR, f"tiny-random-flux-{variant}(seed={seed})")
+    state_of(pipe).source = f"tiny-random-flux-{variant}(seed={seed})"
     return pipe.to("cpu")

@@ -14,22 +14,23 @@ import torch
 
 from ..guidance import guidance_for
 from ..models import fingerprint
+from ..pipeline_state import state_of
 from ..probes import Probe
 from ..provenance import library_versions, sha256_hex, stable_json
 from .family import generation_family
 from .lanes import Lanes, lane_plan, lanes, resolved_size
 
-_VAE_FP_ATTR = "_eraselab_vae_fingerprint"
-
 
 def _vae_fingerprint(pipe) -> str:
-    fp = getattr(pipe, _VAE_FP_ATTR, None)
-    if fp is None:
-        h = [f"{name}|{tuple(t.shape)}|{t.dtype}".encode() + t.detach().cpu().contiguous().reshape(-1)
-             .view(torch.uint8).numpy().tobytes() for name, t in sorted(pipe.vae.state_dict().items())]
-        fp = sha256_hex(*h)[:16]
-        setattr(pipe, _VAE_FP_ATTR, fp)
-    return fp
+    """The VAE's weights' hash, cached while they are unchanged (see pipeline_state)."""
+    tensors = pipe.vae.state_dict()
+    return state_of(pipe).vae.get(tensors, lambda: _hash_vae(tensors))
+
+
+def _hash_vae(tensors: dict[str, torch.Tensor]) -> str:
+    h = [f"{name}|{tuple(t.shape)}|{t.dtype}".encode() + t.detach().cpu().contiguous().reshape(-1)
+         .view(torch.uint8).numpy().tobytes() for name, t in sorted(tensors.items())]
+    return sha256_hex(*h)[:16]
 
 
 def numerics(pipe) -> dict:
