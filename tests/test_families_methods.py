@@ -58,10 +58,10 @@ def test_cli_erase_refuses_a_method_without_a_flux_version(folders, tmp_path, ca
         raise AssertionError("the model was loaded before the refusal")
 
     monkeypatch.setattr(eraselab.models, "load_pipeline", no_loading)
-    code, io = _cli("erase", "--model", folders["flux"], "--method", "esd-x", "--target", "cat", "--out",
+    code, io = _cli("erase", "--model", folders["flux"], "--method", "esd-u", "--target", "cat", "--out",
                     tmp_path / "e", "--device", "cpu", capsys=capsys)
     assert code != 0
-    assert "esd-x runs on SD 1.x/2.x and SDXL models, not on this Flux pipeline" in io.err
+    assert "esd-u runs on SD 1.x/2.x models, not on this Flux pipeline" in io.err
     assert not (tmp_path / "e").exists()
 
 
@@ -74,7 +74,11 @@ def test_methods_lists_the_support_matrix(capsys):
                                               if line and not line.startswith("Set with")}
     assert header == ["SD", "1.x/2.x", "SDXL", "Flux"]
     assert rows["uce"] == ["paper", "current", "flux"]
-    assert rows["esd-x"] == ["compvis", "sdxl", "–"] and rows["esd-u"] == ["compvis", "–", "–"]
+    assert rows["esd-x"] == ["compvis", "sdxl", "flux"] and rows["esd-u"] == ["compvis", "–", "–"]
+    assert rows["esd-x-strict"] == ["diffusers", "sdxl", "flux"]
+    # The Flux ESD is eraselab's own port, and the listing says so.
+    assert "esd-x: ESD fine-tuning of all cross-attention parameters (styles, specific objects); on Flux " \
+           "eraselab's own port, no official reference" in io.out
     assert rows["negprompt"][1:] == ["diffusers", "–"] and rows["sld"][2] == "–"
     assert "runs on: SD 1.x/2.x (recipe paper), SDXL (recipe current), Flux (recipe flux)" in io.out
 

@@ -9,6 +9,7 @@ parameter are recomputed the official way from the same noise, rollout length, t
 """
 import copy
 import random
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -17,23 +18,24 @@ import torch.nn.functional as F
 import eraselab
 from eraselab.methods import esd as esd_module
 from eraselab.methods.diffusion import NoiseSchedule
-from eraselab.methods.esd import ESD, ESDConfig, ESDUConfig, ESDXStrictConfig
+from eraselab.methods.esd import ESDConfig, ESDUConfig, ESDXStrictConfig
 from eraselab.methods.params import parameter_group
 from eraselab.methods.training import TrainingSession
 
 STEPS = 10  # sampler steps of the equivalence runs (the references use 50; 1000 // 10 keeps the grids equal)
 TOL = 1e-5
+BF16_STEPS = 4
 
 
 def rel(a, b) -> float:
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
-def encode(pipe, texts):
+def encode(pipe, texts, dtype=torch.float32):
     tok = pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                          truncation=True, return_tensors="pt")
     with torch.no_grad():
-        return pipe.text_encoder(tok.input_ids)[0]
+        return in_dtype(pipe.text_encoder, dtype)(tok.input_ids)[0]
 
 
 def eps(unet, x, t, emb):
@@ -122,47 +124,58 @@ def pndm(pipe):
 
 
 # ---- running eraselab ---------------------------------------------------------------------------------------
-def run_two_steps(pipe, config_cls, group, monkeypatch, **values):
-    """Two ESD iterations through eraselab; what the second one saw and computed."""
-    cfg = config_cls.build({"preset": "sd", "ddim_steps": STEPS, "lr": 1e-3, **values}, pipe)
+def run_two_steps(pipe, method, monkeypatch, **values):
+    """Two ESD iterations through eraselab.erase; what the second one saw and computed, and the Edit."""
     seen = []
-    real_rollout, real_draw = esd_module.rollout, NoiseSchedule.sample_step_and_timestep
+    real_rollout, real_draw, real_step = esd_module.rollout, NoiseSchedule.sample_step_and_timestep, \
+        TrainingSession.step
 
     def draw(self, generator, pairing="in-bin"):
         seen.append({"draw": real_draw(self, generator, pairing)})
         return seen[-1]["draw"]
 
     def rollout(unet, schedule, noise, cond, uncond, stop, guidance):
-        params = dict(pipe.unet.named_parameters())
-        seen[-1].update(noise=noise.clone(), theta={n: params[n].detach().clone() for n in session.names})
+        seen[-1]["noise"] = noise.clone()
         seen[-1]["z"] = real_rollout(unet, schedule, noise, cond, uncond, stop, guidance)
         return seen[-1]["z"]
 
+    def step(self, loss):
+        # θ of this iteration (its rollout and loss), then its gradient.
+        seen[-1]["theta"] = {n: p.detach().clone() for n, p in zip(self.names, self.trained)}
+        value = real_step(self, loss)
+        seen[-1].update(loss=value, grads={n: p.grad.clone() for n, p in zip(self.names, self.trained)})
+        return value
+
     monkeypatch.setattr(NoiseSchedule, "sample_step_and_timestep", draw)
     monkeypatch.setattr(esd_module, "rollout", rollout)
-    session = TrainingSession(pipe, group, cfg.lr, cfg.seed)
-    try:
-        u, c = encode(pipe, ["", "circle"])
-        schedule = NoiseSchedule.from_pipe(pipe, cfg.ddim_steps, cfg.rollout_sampler)
-        for _ in range(2):
-            ESD.iteration(session, schedule, c, u, cfg, pipe)
-        grads = {n: p.grad.clone() for n, p in zip(session.names, session.trained)}
-        loss = session.losses[-1]
-    finally:
-        session.restore()
-    return cfg, seen[-1], loss, grads
+    monkeypatch.setattr(TrainingSession, "step", step)
+    edit = eraselab.erase(pipe, method, ["circle"], **{"preset": "sd", "iterations": 2, "ddim_steps": STEPS,
+                                                       "lr": 1e-3, "progress": False, **values})
+    return SimpleNamespace(**edit.config), seen[-1], seen[-1]["loss"], seen[-1]["grads"], edit
 
 
-def reference_step(pipe, names, theta, z, t, eta, convention):
-    """Loss and gradient of the official objective at trained weights `theta` (the frozen model = pipe.unet)."""
-    u, c = encode(pipe, ["", "circle"])
-    trained = copy.deepcopy(pipe.unet)
+def in_dtype(module, dtype):
+    return module if dtype == torch.float32 else copy.deepcopy(module).to(dtype)
+
+
+def frozen_in(unet, dtype):
+    """The frozen UNet as esd_sd.py loads it: in `dtype`, requires_grad_(False) (on CPUs that flag picks
+    another bfloat16 kernel even under no_grad)."""
+    return unet if dtype == torch.float32 else copy.deepcopy(unet).to(dtype).requires_grad_(False)
+
+
+def reference_step(pipe, names, theta, z, t, eta, convention, dtype=torch.float32):
+    """Loss and gradient of the official objective at trained weights `theta` (the frozen model = pipe.unet),
+    with text encoder and UNets in `dtype` (esd_sd.py: bfloat16) and the predictions as separate calls."""
+    u, c = encode(pipe, ["", "circle"], dtype)
+    base = frozen_in(pipe.unet, dtype)
+    trained = copy.deepcopy(pipe.unet).to(dtype)
     params = dict(trained.named_parameters())
     with torch.no_grad():
         for n, v in theta.items():
             params[n].copy_(v)
-        e_0 = eps(pipe.unet, z, t, u)
-        e_p = eps(pipe.unet, z, t, c)
+        e_0 = eps(base, z, t, u)
+        e_p = eps(base, z, t, c)
     chosen = [params[n] for n in names]
     e_n = eps(trained, z, t, c)
     if convention == "compvis":  # train-esd.py: e_0 − η (e_p − e_0)
@@ -186,8 +199,9 @@ def check_step(loss, grads, ref_loss, ref_grads):
                                                          ("esd-u", ESDUConfig, "u", "noxattn")])
 def test_compvis_recipe_step_matches_train_esd(tiny_pipe_factory, monkeypatch, method, config_cls, group, rule):
     pipe = tiny_pipe_factory(0, sd1_shapes=True)
-    cfg, seen, loss, grads = run_two_steps(pipe, config_cls, group, monkeypatch)
-    assert (cfg.recipe, cfg.timestep_pairing, cfg.rollout_model) == ("compvis", "compvis", "trained")
+    cfg, seen, loss, grads, _ = run_two_steps(pipe, method, monkeypatch)
+    assert (cfg.recipe, cfg.timestep_pairing, cfg.rollout_model, cfg.train_dtype) == (
+        "compvis", "compvis", "trained", "float32")
     stop, t = seen["draw"]
     # The rollout: CompVis's sampler with the trained model θ1, stopped by the t_enc whose bin holds t.
     t_enc = next(k for k in range(STEPS) if compvis_timestep_bounds(k)[0] <= t < compvis_timestep_bounds(k)[1])
@@ -214,28 +228,47 @@ def compvis_timestep_bounds(t_enc, steps=STEPS, train_steps=1000):
 @pytest.mark.parametrize("method,config_cls,group", [("esd-x", ESDConfig, "x"),
                                                     ("esd-x-strict", ESDXStrictConfig, "x-strict")])
 def test_diffusers_recipe_step_matches_esd_sd(tiny_pipe_factory, monkeypatch, method, config_cls, group):
-    """esd_sd.py on the hub's SD 1.4 rolls out with its PNDM scheduler; the tiny pipeline gets one here."""
+    """esd_sd.py on the hub's SD 1.4 rolls out with its PNDM scheduler; the tiny pipeline gets one here. All
+    in bfloat16, as esd_sd.py (text encoder, both UNets, rollout, loss)."""
     pipe = tiny_pipe_factory(0, sd1_shapes=True)
     own = pipe.scheduler
     pipe.scheduler = pndm(pipe)
+    bf16 = torch.bfloat16
     try:
         values = {"recipe": "diffusers"} if config_cls is ESDConfig else {}
-        cfg, seen, loss, grads = run_two_steps(pipe, config_cls, group, monkeypatch, image_size=32, **values)
+        # 4 sampler steps: bfloat16 runs slowly on CPUs.
+        cfg, seen, loss, grads, edit = run_two_steps(pipe, method, monkeypatch, image_size=32,
+                                                     ddim_steps=BF16_STEPS, seed=2, **values)
         assert (cfg.recipe, cfg.timestep_pairing, cfg.rollout_model, cfg.rollout_sampler, cfg.iterations,
-                cfg.lr) == ("diffusers", "exact", "frozen", "pipeline", 200, 1e-3)
+                cfg.lr, cfg.train_dtype) == ("diffusers", "exact", "frozen", "pipeline", 2, 1e-3, "bfloat16")
+        assert seen["z"].dtype == bf16 and all(g.dtype == bf16 for g in grads.values())
+        # The Edit holds the trained values in the model's own dtype; the pipeline keeps its weights.
+        assert {v.dtype for v in edit.tensors.values()} == {torch.float32}
+        assert all(torch.equal(v, v.to(bf16).float()) for v in edit.tensors.values())  # bfloat16 values
+        assert set(edit.tensors) == {f"unet.{n}" for n in esd_sd_names(pipe.unet, method)}
+        assert pipe.unet.dtype == torch.float32 and eraselab.edits.applied_edit(pipe) is None
         stop, t = seen["draw"]
         sched = pndm(pipe)
-        sched.set_timesteps(STEPS)
+        sched.set_timesteps(BF16_STEPS)
         assert t == int(sched.timesteps[stop])  # trained at timesteps[run_till] exactly
-        assert seen["noise"].shape[-1] == 32 // pipe.vae_scale_factor
-        u, c = encode(pipe, ["", "circle"])
-        z_ref = esd_sd_rollout(pipe.unet, pipe.scheduler, STEPS, seen["noise"], c[None], u[None],
-                               cfg.rollout_guidance, stop)  # the base UNet, as esd_sd.py's pipe.unet
-        assert rel(seen["z"], z_ref) <= TOL, rel(seen["z"], z_ref)
-        print(f"{method} diffusers: stop {stop}, t {t}, latent max rel {rel(seen['z'], z_ref):.2e}")
-        ref_loss, ref_grads, _ = reference_step(pipe, esd_sd_names(pipe.unet, method), seen["theta"], seen["z"], t,
-                                                cfg.negative_guidance, "diffusers")
-        check_step(loss, grads, ref_loss, ref_grads)
+        assert seen["noise"].shape[-1] == 32 // pipe.vae_scale_factor and stop > 0  # the rollout runs
+        u, c = encode(pipe, ["", "circle"], bf16)
+        z_ref = esd_sd_rollout(frozen_in(pipe.unet, bf16), pipe.scheduler, BF16_STEPS, seen["noise"], c[None],
+                               u[None], cfg.rollout_guidance, stop)  # the base UNet, as esd_sd.py's pipe.unet
+        latent_rel = rel(seen["z"].float(), z_ref.float())
+        print(f"{method} diffusers: stop {stop}, t {t}, latent max rel {latent_rel:.2e}")
+        assert latent_rel <= TOL
+        names = esd_sd_names(pipe.unet, method)
+        eta = cfg.negative_guidance
+        ref_loss, ref_grads, _ = reference_step(pipe, names, seen["theta"], seen["z"], t, eta, "diffusers",
+                                                bf16)
+        check_step(loss, {n: g.float() for n, g in grads.items()}, ref_loss,
+                   {n: g.float() for n, g in ref_grads.items()})
+        # float32 computes another step: the comparison above sees the precision.
+        theta32 = {n: v.float() for n, v in seen["theta"].items()}
+        loss32, grads32, _ = reference_step(pipe, names, theta32, seen["z"].float(), t, eta, "diffusers")
+        flat32 = torch.cat([grads32[n].flatten() for n in names])
+        assert rel(torch.cat([grads[n].float().flatten() for n in names]), flat32) > 1e-3
     finally:
         pipe.scheduler = own
 

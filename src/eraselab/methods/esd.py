@@ -15,18 +15,26 @@ References (rohitgandikota/erasing):
   with utils/sd_utils.py. 200 iterations, lr 5e-5, η′ 2 (= η 1), the rollout with the frozen model and the
   pipeline's own scheduler (PNDM for the hub's SD 1.4) at 1024 px, stopped at timesteps[i] and trained at
   exactly that timestep; its esd-u trains every Linear/Conv2d outside attn2 (also conv_out and the time
-  embedding, no norm layers: parameter group "u-linear-conv"). Where eraselab still differs from esd_sd.py: it
-  trains in float32 (esd_sd.py in bfloat16).
+  embedding, no norm layers: parameter group "u-linear-conv"). Like esd_sd.py it trains in bfloat16
+  (`train_dtype`: text encoder, both UNets, rollout, loss and Adam state; the Edit holds the trained values in
+  the model's own dtype), where the CompVis code trains in float32.
 
 η convention: this project uses the paper's η (`negative_guidance`, default 1):
     target = ε*(x_t, ∅) − η (ε*(x_t, c) − ε*(x_t, ∅)).
 The later diffusers rewrite writes target = ε*(c) − η′ (ε*(c) − ε*(∅)); the two agree when η′ = η + 1, so its
-default η′ = 2 is the paper's η = 1 (`paper_eta(eta_prime)` converts).
+default η′ = 2 is the paper's η = 1 (`paper_eta(eta_prime)` converts). The recipes "diffusers" and "sdxl"
+compute the target in the rewrite's form (`recipe_target`): the same value, but in bfloat16 the order of the
+operations decides the rounding.
 
 - recipe "sdxl" (the default on SDXL, for esd-x and esd-x-strict): the same commit, esd_sdxl.py with
   utils/sdxl_utils.py; the step is methods/esd_sdxl.py. 200 iterations, lr 2e-4, η′ 1 (= the paper's η 0),
-  rollout with the frozen model, the pipeline's scheduler, CFG 2, 50 steps, 1024 px. No official ESD exists
-  for Flux, so ESD refuses Flux models.
+  rollout with the frozen model, the pipeline's scheduler, CFG 2, 50 steps, 1024 px, in bfloat16 (as there).
+- recipe "flux" (the default on Flux, for esd-x and esd-x-strict): eraselab's own adaptation, NOT an official
+  reference: no official ESD for Flux exists (the commit above has esd_sd.py and esd_sdxl.py only). The step,
+  methods/esd_flux.py, ports esd_sdxl.py to flow matching: the joint attention's text projections of the
+  double-stream blocks, velocities in place of noise predictions, the paper's η 1, 200 iterations at lr 2e-4,
+  rollout with the frozen model and the pipeline's scheduler, 50 steps, FluxPipeline's guidance 3.5 (embedded
+  on -dev), the family's default resolution, float32. It is cited with esd_sdxl.py, the script it ports.
 
 eraselab's own options, off in all recipes: `anchor_unconditional` (a term keeping ε_θ(∅) at ε*(∅)) and
 `timestep_pairing="in-bin"` (train inside the rolled-out latent's own timestep bin).
@@ -55,7 +63,7 @@ from .diffusion import PAIRINGS, SAMPLERS, NoiseSchedule, latent_shape, rollout
 from .params import GROUPS
 from .registry import register
 from .text import PromptEncoder, concept_prompt
-from .training import TrainingSession, progress_bar
+from .training import TrainingSession, copy_in, progress_bar
 
 
 def esd_target(out_uncond: torch.Tensor, out_cond: torch.Tensor, eta: float, convention: str = "paper"):
@@ -72,23 +80,58 @@ def paper_eta(eta_prime: float) -> float:
     return eta_prime - 1.0
 
 
+def recipe_target(out_u: torch.Tensor, out_c: torch.Tensor, cfg) -> torch.Tensor:
+    """ESD's target (paper η), computed in the form the recipe's reference writes it."""
+    if cfg.recipe in ETA_PRIME_RECIPES:
+        return esd_target(out_u, out_c, cfg.negative_guidance + 1.0, "diffusers")
+    return esd_target(out_u, out_c, cfg.negative_guidance)
+
+
+def encoding_in(encoder: PromptEncoder, dtype: torch.dtype) -> PromptEncoder:
+    """`encoder` running private copies of the pipeline's text encoders in `dtype` (the diffusers scripts
+    encode in bfloat16); its outputs stay float32 tensors, which hold bfloat16 values exactly."""
+    if dtype != torch.float32:
+        for name in ("text_encoder", "text_encoder_2"):
+            if getattr(encoder, name, None) is not None:
+                setattr(encoder, name, copy_in(getattr(encoder, name), dtype))
+    return encoder
+
+
 REPOSITORY = "rohitgandikota/erasing"
 COMPVIS = Reference(REPOSITORY, "b8aeab6d4b6b613b88ad0bf219e3697c79003838", "train-scripts/train-esd.py")
 DIFFUSERS = Reference(REPOSITORY, "25613d27892326e0c7770f7f3555bea4be150089", "esd_sd.py")
 ROLLOUT_MODELS = ("trained", "frozen")
 # What esd_sd.py sets apart from the CompVis code (η′ 2 there is the same η 1 here).
 DIFFUSERS_SETTINGS = {"iterations": 200, "lr": 5e-5, "timestep_pairing": "exact", "rollout_model": "frozen",
-                      "rollout_sampler": "pipeline", "image_size": 1024}
+                      "rollout_sampler": "pipeline", "image_size": 1024, "train_dtype": "bfloat16"}
+TRAIN_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# The recipes whose reference writes the target as ε*(c) − η′ (ε*(c) − ε*(∅)): the same value as the paper's
+# form, but in bfloat16 the order of the operations decides the rounding.
+ETA_PRIME_RECIPES = ("diffusers", "sdxl")
 COMPVIS_RECIPE = Recipe("compvis", COMPVIS, "the paper's CompVis training script: 1000 steps at lr 1e-5, "
                         "rollout with the trained model, CompVis timestep pairing")
 DIFFUSERS_SUMMARY = ("the diffusers rewrite: 200 steps at lr 5e-5, rollout with the frozen model and the "
-                     "pipeline's scheduler at 1024 px, trained at the rollout's own timestep")
+                     "pipeline's scheduler at 1024 px, trained at the rollout's own timestep, in bfloat16")
 SDXL = Reference(REPOSITORY, "25613d27892326e0c7770f7f3555bea4be150089", "esd_sdxl.py")
 # esd_sdxl.py's defaults; its η′ 1 is the paper's η 0 (target ε*(∅)).
 SDXL_SETTINGS = {**DIFFUSERS_SETTINGS, "lr": 2e-4, "negative_guidance": 0.0, "rollout_guidance": 2.0}
 SDXL_RECIPE = Recipe("sdxl", SDXL, "the SDXL script: 200 steps at lr 2e-4, η′ 1 (paper η 0), rollout with the "
                      "frozen model and the pipeline's scheduler at CFG 2, 1024 px, trained at the rollout's "
-                     "timestep", SDXL_SETTINGS, families=("sdxl",))
+                     "timestep, in bfloat16", SDXL_SETTINGS, families=("sdxl",))
+# eraselab's own Flux port (no official Flux ESD). esd_sdxl.py's scale (200 steps, lr 2e-4, 50 steps, the
+# family's resolution: image_size 0); the paper's η 1, because esd_sdxl.py's η′ 1 (η 0) makes the target
+# v*(∅) alone and drops the negative-guidance term the method is named for; guidance 3.5 is FluxPipeline's
+# default guidance_scale, the value -dev embeds when it generates; float32, as nothing official fixes a
+# lower precision to reproduce.
+FLUX_SETTINGS = {**DIFFUSERS_SETTINGS, "lr": 2e-4, "negative_guidance": 1.0, "ddim_steps": 50,
+                 "rollout_guidance": 3.5, "image_size": 0, "train_dtype": "float32"}
+FLUX_SUMMARY = ("eraselab's own adaptation, no official reference (no official ESD for Flux exists; "
+                "ported from esd_sdxl.py to flow matching): the double-stream joint attention's text "
+                "projections, target v*(∅) − η (v*(c) − v*(∅)) with the paper's η 1, 200 steps at lr 2e-4, "
+                "rollout with the frozen model and the pipeline's flow-matching scheduler (50 steps, "
+                "guidance 3.5 embedded on -dev), the family's default resolution, trained at the "
+                "rollout's timestep, float32")
+FLUX_RECIPE = Recipe("flux", SDXL, FLUX_SUMMARY, FLUX_SETTINGS, families=("flux",))
 
 
 @dataclass
@@ -104,23 +147,27 @@ class ESDConfig(MethodConfig):
     image_size: int = 0
     parameter_group: str = ""
     anchor_unconditional: float = 0.0
+    train_dtype: str = "float32"
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
-        COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY, DIFFUSERS_SETTINGS), SDXL_RECIPE)
+        COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY, DIFFUSERS_SETTINGS), SDXL_RECIPE,
+        FLUX_RECIPE)
 
     # 8×8 latents and a small UNet: a tenth of the iterations at a larger step size reach the same loss drop.
     # The paper's loss lets ε(∅) follow ε(c) on miniworld: ε(c) moves away from the concept but ε(∅) nearly
     # as far, so the difference ε(c) − ε(∅) that guidance amplifies survives and the erasure comes and goes
     # with the step count. Hence the unconditional anchor (benchmarks/RESULTS.md, "ESD's unconditional
     # drift"); the anchored presets (lr, steps) were chosen by trials on the embedded model, recorded there.
-    # image_size 0 also under recipe=diffusers: 1024 px would be 512×512 latents for the embedded 8×8 model.
+    # image_size 0 also under recipe=diffusers: 1024 px would be 512×512 latents for the embedded 8×8 model;
+    # float32 there too, the precision the presets were tuned in.
     miniworld: ClassVar[dict] = {"iterations": 150, "lr": 3e-4, "ddim_steps": 20, "anchor_unconditional": 1.0,
-                                 "image_size": 0}
+                                 "image_size": 0, "train_dtype": "float32"}
     help: ClassVar[dict] = {**MethodConfig.help,
                             "iterations": "training steps (batch 1)", "lr": "Adam learning rate",
                             "negative_guidance": "η in the paper's convention (diffusers' η′ = η + 1)",
                             "ddim_steps": "DDIM steps of the sampler the partial rollout stops inside",
-                            "rollout_guidance": "CFG scale of the partial rollout",
+                            "rollout_guidance": "CFG scale of the partial rollout (Flux: the pipeline's "
+                                                "guidance_scale, embedded in every prediction on -dev)",
                             "timestep_pairing": "which training timestep goes with the rollout's length: compvis "
                                                 "(train-esd.py), exact (esd_sd.py) or in-bin (eraselab's)",
                             "rollout_model": "model the partial rollout runs: trained (train-esd.py) or frozen "
@@ -130,6 +177,9 @@ class ESDConfig(MethodConfig):
                             "image_size": "pixel size of the rollout (0 = the model's own; esd_sd.py: 1024)",
                             "parameter_group": "parameters trained ('' = the method's: esd-x x, esd-u u, "
                                                "esd-x-strict x-strict; esd_sd.py's esd-u: u-linear-conv)",
+                            "train_dtype": "precision of training (text encoders, models, rollout, loss, "
+                                           "Adam): float32 (train-esd.py) or bfloat16 (esd_sd.py, "
+                                           "esd_sdxl.py)",
                             "anchor_unconditional": "weight of a term keeping ε(x_t, ∅) at the frozen model's "
                                                     "(0 = the paper's loss)"}
 
@@ -140,6 +190,7 @@ class ESDConfig(MethodConfig):
         one_of(self, "rollout_model", ROLLOUT_MODELS)
         one_of(self, "rollout_sampler", SAMPLERS)
         one_of(self, "parameter_group", ("", *GROUPS))
+        one_of(self, "train_dtype", tuple(TRAIN_DTYPES))
 
 
 class ESD(Eraser):
@@ -149,20 +200,31 @@ class ESD(Eraser):
     def erase(self, pipe, request: EraseRequest):
         cfg: ESDConfig = request.config
         group = cfg.parameter_group or self.group
-        sdxl = model_family(pipe) == "sdxl"
-        if sdxl:
+        family = model_family(pipe)
+        dtype = TRAIN_DTYPES[cfg.train_dtype]
+        if family == "sdxl":
             from .esd_sdxl import SDXLSteps, check_sdxl_config
 
             check_sdxl_config(cfg)
-        session = TrainingSession(pipe, group, cfg.lr, cfg.seed)
+            session = TrainingSession(pipe, group, cfg.lr, cfg.seed, dtype=dtype)
+            steps_class = SDXLSteps
+        elif family == "flux":
+            from .esd_flux import FluxSteps, check_flux_config, flux_parameter_names
+
+            check_flux_config(cfg)
+            session = TrainingSession(pipe, group, cfg.lr, cfg.seed, component="transformer",
+                                      names=flux_parameter_names(pipe.transformer, group))
+            steps_class = FluxSteps
+        else:
+            session = TrainingSession(pipe, group, cfg.lr, cfg.seed, dtype=dtype)
         try:
-            if sdxl:
-                steps = SDXLSteps(pipe, request.targets, cfg)
+            if family != "sd":
+                steps = steps_class(pipe, request.targets, cfg)
 
                 def step():
                     return steps.iteration(session, session.choice(request.targets), cfg)
             else:
-                encode = PromptEncoder(pipe)
+                encode = encoding_in(PromptEncoder(pipe), dtype)
                 conds = dict(zip(request.targets, encode([concept_prompt(pipe, t) for t in request.targets])))
                 uncond = encode([""])[0]
                 schedule = NoiseSchedule.from_pipe(pipe, cfg.ddim_steps, cfg.rollout_sampler)
@@ -194,7 +256,7 @@ class ESD(Eraser):
                     cfg.rollout_guidance)
         with torch.no_grad():
             out_u, out_c = session.frozen_out(torch.cat([z, z]), t, torch.stack([uncond, cond])).chunk(2)
-        target = esd_target(out_u, out_c, cfg.negative_guidance)
+        target = recipe_target(out_u, out_c, cfg)
         if not cfg.anchor_unconditional:
             return session.step(F.mse_loss(session.trained_out(z, t, cond), target))
         pred_c, pred_u = session.trained_out(torch.cat([z, z]), t, torch.stack([cond, uncond])).chunk(2)
@@ -214,9 +276,10 @@ class FrozenUNet:
 @register
 class ESDX(ESD):
     name = "esd-x"
-    description = "ESD fine-tuning of all cross-attention parameters (styles, specific objects)"
+    description = ("ESD fine-tuning of all cross-attention parameters (styles, specific objects); on Flux "
+                   "eraselab's own port, no official reference")
     group = "x"
-    families = ("sd", "sdxl")
+    families = ("sd", "sdxl", "flux")
 
 
 @dataclass
@@ -249,8 +312,10 @@ class ESDXStrictConfig(ESDConfig):
     rollout_model: str = DIFFUSERS_SETTINGS["rollout_model"]
     rollout_sampler: str = DIFFUSERS_SETTINGS["rollout_sampler"]
     image_size: int = DIFFUSERS_SETTINGS["image_size"]
+    train_dtype: str = DIFFUSERS_SETTINGS["train_dtype"]
 
-    recipes: ClassVar[tuple[Recipe, ...]] = (Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY), SDXL_RECIPE)
+    recipes: ClassVar[tuple[Recipe, ...]] = (Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY), SDXL_RECIPE,
+                                             FLUX_RECIPE)
     # Only the K/V projections train, a fraction of ESD-x's parameters, so on miniworld they need a larger
     # step. They also project the empty prompt, so ε(∅) moves with every step, and a stronger anchor (λ = 4)
     # than ESD-x's holds it across training seeds (trials in benchmarks/RESULTS.md).
@@ -260,7 +325,8 @@ class ESDXStrictConfig(ESDConfig):
 @register
 class ESDXStrict(ESD):
     name = "esd-x-strict"
-    description = "ESD fine-tuning of the cross-attention key/value projections only"
+    description = ("ESD fine-tuning of the cross-attention key/value projections only; on Flux eraselab's "
+                   "own port, no official reference")
     group = "x-strict"
     Config = ESDXStrictConfig
-    families = ("sd", "sdxl")
+    families = ("sd", "sdxl", "flux")

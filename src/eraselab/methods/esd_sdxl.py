@@ -13,8 +13,8 @@ One step, as the script's loop:
 - regress ε_θ(x_t, c) onto ε*(c) − η′ (ε*(c) − ε*(∅)) with η′ = 1 (MSE; Adam at 2e-4, 200 iterations), which
   is the paper's η = 0: the target is ε*(∅).
 
-Text: SDXL's conditioning as encode_prompt builds it (methods/text.py SDXLPromptEncoder). Deviation: eraselab
-trains in float32 (the script loads the UNets in bfloat16).
+Text: SDXL's conditioning as encode_prompt builds it (methods/text.py SDXLPromptEncoder). Precision: bfloat16,
+as the script (its text encoders and UNets), set by the recipe's `train_dtype`.
 """
 from __future__ import annotations
 
@@ -49,8 +49,10 @@ class SDXLSteps:
 
     def __init__(self, pipe, targets: list[str], cfg):
         from ..models import default_image_size
+        from .esd import TRAIN_DTYPES, encoding_in
 
-        encoder = SDXLPromptEncoder(pipe)
+        self.dtype = TRAIN_DTYPES[cfg.train_dtype]
+        encoder = encoding_in(SDXLPromptEncoder(pipe), self.dtype)
         prompts = [concept_prompt(pipe, t) for t in targets] + [""]
         embeds, pooled = encoder(prompts), encoder.pooled(prompts)
         self.conds = {t: SDXLText(embeds[i], pooled[i]) for i, t in enumerate(targets)}
@@ -66,12 +68,12 @@ class SDXLSteps:
         self.scheduler.set_timesteps(cfg.ddim_steps)
 
     def added(self, *texts: SDXLText) -> dict:
-        """added_cond_kwargs for a batch with one row per text."""
-        return {"text_embeds": torch.stack([x.pooled for x in texts]),
-                "time_ids": self.time_ids.repeat(len(texts), 1)}
+        """added_cond_kwargs for a batch with one row per text, in the training dtype."""
+        return {"text_embeds": torch.stack([x.pooled for x in texts]).to(self.dtype),
+                "time_ids": self.time_ids.repeat(len(texts), 1).to(self.dtype)}
 
     def iteration(self, session, target: str, cfg) -> float:
-        from .esd import esd_target
+        from .esd import recipe_target
 
         cond = self.conds[target]
         stop = int(torch.randint(cfg.ddim_steps, (1,), generator=session.generator))
@@ -81,7 +83,7 @@ class SDXLSteps:
             both = torch.stack([self.null.embeds, cond.embeds])
             added = self.added(self.null, cond)
             out_u, out_c = session.frozen_out(torch.cat([z, z]), t, both, added).chunk(2)
-        goal = esd_target(out_u, out_c, cfg.negative_guidance)
+        goal = recipe_target(out_u, out_c, cfg)
         if not cfg.anchor_unconditional:
             return session.step(F.mse_loss(session.trained_out(z, t, cond.embeds, self.added(cond)), goal))
         both = torch.stack([cond.embeds, self.null.embeds])

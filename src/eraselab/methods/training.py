@@ -3,6 +3,8 @@ the frozen original model θ*, seeded sampling, the progress bar, the loss log, 
 weights back afterwards."""
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import time
 from contextlib import contextmanager
@@ -29,23 +31,49 @@ def check_trainable(pipe, module: torch.nn.Module, what: str) -> None:
                             "erasing, so the new edit is relative to the base model")
 
 
+def copy_in(module: torch.nn.Module, dtype: torch.dtype) -> torch.nn.Module:
+    """A copy of `module` with its floating-point parameters and buffers in `dtype`, made without a
+    full-precision intermediate (deepcopy then .to() would hold a second float32 model for a moment)."""
+    memo = {}
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            c = t.detach().to(dtype, copy=True)
+            memo[id(t)] = torch.nn.Parameter(c, t.requires_grad) if isinstance(t, torch.nn.Parameter) else c
+    return copy.deepcopy(module, memo)
+
+
 class TrainingSession:
-    """Trains a parameter group of `pipe.unet` in place; `finish()` returns the Edit and restores the pipe.
+    """Trains a parameter group of `pipe.unet` (or of another denoiser component) in place; `finish()` returns
+    the Edit and restores the pipe.
 
     The frozen model θ* is the same UNet called with the original values of the trained parameters
     (torch.func.functional_call), so it costs the memory of the trained group, not a second UNet.
+
+    With a `dtype` other than the model's (bfloat16, as the diffusers ESD scripts train), the session trains a
+    private copy of the denoiser in that dtype (the model's own weights would lose their precision in a round
+    trip); `finish()` writes the trained values back in the model's dtype for the Edit, then restores them.
     """
 
     def __init__(self, pipe, group: str, lr: float, seed: int, weight_decay: float | None = None,
-                 max_grad_norm: float = 0.0):
+                 max_grad_norm: float = 0.0, component: str = "unet", names: list[str] | None = None,
+                 dtype: torch.dtype = torch.float32):
         """Adam at `lr` on `group`; with `weight_decay` (not None) AdamW (betas 0.9/0.999, eps 1e-8) as the
-        diffusers training scripts use; `max_grad_norm` > 0 clips the trained parameters' gradient norm."""
-        unet = pipe.unet
-        check_trainable(pipe, unet, "the UNet")
+        diffusers training scripts use; `max_grad_norm` > 0 clips the trained parameters' gradient norm.
+        `component` and `names`: another denoiser (Flux's "transformer") and its parameters to train, which
+        the UNet parameter groups cannot name; `self.unet` is then that denoiser."""
+        unet = getattr(pipe, component)
+        check_trainable(pipe, unet, "the UNet" if component == "unet" else f"the {component}")
         self.pipe, self.unet, self.group = pipe, unet, group
-        self.names = parameter_group(unet, group)
+        self.names = parameter_group(unet, group) if names is None else list(names)
         self.started = time.perf_counter()
-        self.before = edits.snapshot(pipe, unet_prefixed(self.names))
+        self.edit_names = unet_prefixed(self.names) if component == "unet" else [f"{component}.{n}"
+                                                                                 for n in self.names]
+        self.before = edits.snapshot(pipe, self.edit_names)
+        self.model_params = None  # the model's own parameters while a private copy trains
+        if dtype != unet.dtype:
+            self.model_params = dict(unet.named_parameters())
+            unet = self.unet = copy_in(unet, dtype)
+        self.dtype = dtype
         params = dict(unet.named_parameters())
         self.originals = {n: params[n].detach().clone() for n in self.names}
         self._grad_flags = {n: p.requires_grad for n, p in params.items()}
@@ -85,7 +113,7 @@ class TrainingSession:
         return cond.expand(x.shape[0], -1, -1).to(x.dtype) if cond.shape[0] != x.shape[0] else cond.to(x.dtype)
 
     def randn(self, shape) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator).to(self.device)
+        return torch.randn(shape, generator=self.generator).to(self.device, self.dtype)
 
     def choice(self, items):
         return items[int(torch.randint(len(items), (1,), generator=self.generator))]
@@ -108,6 +136,10 @@ class TrainingSession:
         """The Edit of the trained parameters; the pipeline gets its original weights back."""
         try:
             extras = {**(extras or {}), **loss_summary(self.losses)}
+            if self.model_params is not None:
+                with torch.no_grad():
+                    for n, p in zip(self.names, self.trained):
+                        self.model_params[n].copy_(p.to(self.model_params[n].dtype))
             return edits.edit_from_changes(self.pipe, self.before, method, config=config, targets=list(targets),
                                            preserved=list(preserved), seconds=self.seconds(), extras=extras)
         finally:
@@ -117,6 +149,10 @@ class TrainingSession:
         return round(time.perf_counter() - self.started, 3)
 
     def restore(self) -> None:
+        if self.model_params is not None:
+            with torch.no_grad():
+                for n, key in zip(self.names, self.edit_names):
+                    self.model_params[n].copy_(self.before[key])
         params = dict(self.unet.named_parameters())
         with torch.no_grad():
             for n, old in self.originals.items():
