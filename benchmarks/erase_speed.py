@@ -61,11 +61,13 @@ def pipe_is_miniworld(pipe) -> bool:
     return eraselab.models.model_source(pipe) == MINIWORLD
 
 
-# ---- UCE: ours vs naive -------------------------------------------------------------------------------------
+# ---- UCE: ours vs naive ------------------------------------------------------------------------------------
 def naive_uce(pipe, target: str, guide: str, preserve: list[str], lam=0.5, s_e=1.0, s_p=1.0):
     """The original code's structure: per layer, per concept, encode the text again, accumulate, invert."""
     def encode(prompt):
-        tok = pipe.tokenizer(prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt")
+        tok = pipe.tokenizer(
+            prompt, padding="max_length", max_length=77, truncation=True, return_tensors="pt"
+        )
         with torch.no_grad():
             h = pipe.text_encoder(tok.input_ids)[0][0]
         return h, max(int(tok.attention_mask.sum()) - 2, 0)
@@ -97,13 +99,19 @@ def uce_vs_naive(pipe, n_preserve: int = 100) -> dict:
     naive = naive_uce(pipe, "circle", "", preserve)
     slow = time.perf_counter() - start
     diff = max(float((naive[n] - edit.tensors[n]).abs().max() / edit.tensors[n].abs().max()) for n in naive)
-    row = {"preserved": n_preserve, "matrices": len(naive), "ours_s": round(ours, 3), "naive_s": round(slow, 2),
-           "speedup": round(slow / ours, 1), "max_rel_difference": diff}
+    row = {
+        "preserved": n_preserve,
+        "matrices": len(naive),
+        "ours_s": round(ours, 3),
+        "naive_s": round(slow, 2),
+        "speedup": round(slow / ours, 1),
+        "max_rel_difference": diff,
+    }
     print(json.dumps(row))
     return row
 
 
-# ---- ESD: one iteration vs rollout + 3 UNet passes ----------------------------------------------------------
+# ---- ESD: one iteration vs rollout + 3 UNet passes ---------------------------------------------------------
 def esd_iteration_cost(pipe, stop: int = 10, steps: int = 20, repeats: int = 5) -> dict:
     enc = PromptEncoder(pipe)
     c, u = enc(["circle", ""])
@@ -140,17 +148,29 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--iterations", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--miniworld", action="store_true", help="also time the miniworld model (needs its weights)")
+    ap.add_argument(
+        "--miniworld", action="store_true", help="also time the miniworld model (needs its weights)"
+    )
     ap.add_argument("--out", default="", help="write the results as JSON here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     pipe = tiny_random_pipeline(0, sd1_shapes=True)
-    result = {"versions": library_versions(), "threads": args.threads, "device": "cpu",
-              "sd1_shapes": {"methods": time_methods(pipe, args.iterations), "uce_vs_naive": uce_vs_naive(pipe),
-                             "esd_iteration": esd_iteration_cost(pipe)}}
+    result = {
+        "versions": library_versions(),
+        "threads": args.threads,
+        "device": "cpu",
+        "sd1_shapes": {
+            "methods": time_methods(pipe, args.iterations),
+            "uce_vs_naive": uce_vs_naive(pipe),
+            "esd_iteration": esd_iteration_cost(pipe),
+        },
+    }
     if args.miniworld and (miniworld_weights_dir() / "model_index.json").exists():
         mw = eraselab.load_pipeline(MINIWORLD)
-        result["miniworld"] = {"methods": time_methods(mw, args.iterations), "esd_iteration": esd_iteration_cost(mw)}
+        result["miniworld"] = {
+            "methods": time_methods(mw, args.iterations),
+            "esd_iteration": esd_iteration_cost(mw),
+        }
     if args.out:
         with open(args.out, "w") as f:
             json.dump(result, f, indent=1)

@@ -1,7 +1,7 @@
-"""Run `bench` on miniworld for many targets and methods, and write benchmarks/FINDINGS.md: the published findings
-of SEE / EraseBench / AP, the figures miniworld measures for each, and whether they reproduce — by a statistical
-rule pooled over every target — plus the all-classes effect table (each method's erasure and collateral damage
-per target class).
+"""Run `bench` on miniworld for many targets and methods, and write benchmarks/FINDINGS.md: the published
+findings of SEE / EraseBench / AP, the figures miniworld measures for each, and whether they reproduce — by a
+statistical rule pooled over every target — plus the all-classes effect table (each method's erasure and
+collateral damage per target class).
 
     python benchmarks/findings.py [--targets circle,star,…] [--methods uce,esd-x,…] [--runs DIR]
                                   [--seeds-per-prompt 8] [--no-run]
@@ -10,10 +10,10 @@ Runs are cached in --runs: re-running reuses edits, images and judgments (--no-r
 files already there). Each verdict is computed from the results by the rule printed beside it:
 - each finding is an effect d per target (e.g. ESD's sibling drop minus AP's), averaged over the methods it
   concerns; the pooled effect is the mean over targets with a 95 % bootstrap interval over targets (2,000
-  resamples, seed 0): "reproduces" only when that interval excludes 0 in the paper's direction, "opposite" when it
-  excludes 0 the other way, "not shown" when it contains 0;
-- "not measurable on this model" when no target meets the finding's precondition on the original model (e.g. the
-  parent prompt never draws the target), with the gate that would make it measurable;
+  resamples, seed 0): "reproduces" only when that interval excludes 0 in the paper's direction, "opposite"
+  when it excludes 0 the other way, "not shown" when it contains 0;
+- "not measurable on this model" when no target meets the finding's precondition on the original model (e.g.
+  the parent prompt never draws the target), with the gate that would make it measurable;
 - "undecided" when fewer than MIN_TARGETS (5) targets carry the effect: a bootstrap over so few targets cannot
   tell a finding from one target's quirks.
 """
@@ -30,11 +30,15 @@ from eraselab.bench import BenchSpec, run_bench
 from eraselab.miniworld.world import WORLD
 
 HERE = Path(__file__).resolve().parent
-PRECONDITION = 10.0  # % the original model must show a route's target before evasion through it can be measured
+PRECONDITION = (
+    10.0  # % the original model must show a route's target before evasion through it can be measured
+)
 # A bootstrap over fewer targets than this cannot tell an effect from one target's quirks: no verdict then.
 MIN_TARGETS = 5
-EFFECT_RULE = ("erasure: target shown ≤ 20 % of the original model's rate; collateral: unrelated-concept drop "
-               "≤ 20 pp (point values)")
+EFFECT_RULE = (
+    "erasure: target shown ≤ 20 % of the original model's rate; collateral: unrelated-concept drop "
+    "≤ 20 pp (point values)"
+)
 
 
 def v(results: dict, method: str, key: str):
@@ -132,14 +136,20 @@ def verdicts(all_results: dict[str, dict]) -> list[str]:
         "d = ESD-x sibling drop − AP sibling drop > 0, with AP − ESD-x target-shown inside ±15 pp",
         f"d {show(d)}; target-shown gap {show(gap)}", outcome)
 
-    # Evasion through superclass / subclass / synonym / composition: the route keeps more of the target than the
-    # direct prompt does (retention = edited rate / original rate), where the original draws the target that way.
+    # Evasion through superclass / subclass / synonym / composition: the route keeps more of the target than
+    # the direct prompt does (retention = edited rate / original rate), where the original draws the target
+    # that way.
     for route, source, gate in (
-            ("parent", "SEE (erasing car: 'vehicle' still draws cars)",
-             f"needs an original model whose parent prompt draws the target in ≥ {PRECONDITION:.0f} % of images"),
-            ("child", "SEE (erasing vehicle is circumvented by car)", "needs a non-leaf target (e.g. polygon)"),
-            ("synonym", "SEE / EraseBench generality", "needs synonyms the original model draws as the target"),
-            ("composition", "SEE (erasing car does not erase red car)", "")):
+        (
+            "parent",
+            "SEE (erasing car: 'vehicle' still draws cars)",
+            f"needs an original model whose parent prompt draws the target in ≥ {PRECONDITION:.0f} % of "
+            "images",
+        ),
+        ("child", "SEE (erasing vehicle is circumvented by car)", "needs a non-leaf target (e.g. polygon)"),
+        ("synonym", "SEE / EraseBench generality", "needs synonyms the original model draws as the target"),
+        ("composition", "SEE (erasing car does not erase red car)", ""),
+    ):
         def retention_gap(t, r, route=route):
             route_o, direct_o = orig(r, f"see.evasion.{route}"), orig(r, "target.recognition")
             if None in (route_o, direct_o) or route_o < PRECONDITION or direct_o < PRECONDITION:
@@ -150,17 +160,24 @@ def verdicts(all_results: dict[str, dict]) -> list[str]:
             return 100.0 * float(np.mean(gaps)) if gaps else None
 
         stat = pooled(per_target(retention_gap))
-        add(f"evasion via {route}", source,
-            f"d = retention via the {route} prompt − retention via the target prompt (pp of the original rate, "
-            f"mean over methods) > 0, on targets whose original shows both ≥ {PRECONDITION:.0f} %",
-            show(stat), verdict(stat), gate)
+        add(
+            f"evasion via {route}",
+            source,
+            f"d = retention via the {route} prompt − retention via the target prompt (pp of the original "
+            f"rate, mean over methods) > 0, on targets whose original shows both ≥ {PRECONDITION:.0f} %",
+            show(stat),
+            verdict(stat),
+            gate,
+        )
 
     # Attribute leakage: SEE's case is erasing an attributed concept ("red car"), so only such targets count.
     def leak_gain(t, r):
         if t in WORLD.concepts:
             return None
         base = orig(r, "see.attribute_leak")
-        xs = [v(r, m, "see.attribute_leak") for m in r["methods"] if v(r, m, "see.attribute_leak") is not None]
+        xs = [
+            v(r, m, "see.attribute_leak") for m in r["methods"] if v(r, m, "see.attribute_leak") is not None
+        ]
         return None if base is None or not xs else float(np.mean(xs)) - base
 
     stat = pooled(per_target(leak_gain))
@@ -182,20 +199,33 @@ def verdicts(all_results: dict[str, dict]) -> list[str]:
     outcome = ("not measurable on this model" if share is None else
                f"undecided ({len(with_maps)} targets; a verdict needs {MIN_TARGETS})"
                if len(with_maps) < MIN_TARGETS else "reproduces" if share.low > 10 else "not shown")
-    add("attention concentration or dispersal of the target's tokens", "SEE",
-        "share of (method, target) pairs whose target-word attention is 'concentrated' or 'dispersed' (entropy "
-        "and top-5 % mass move together past tolerance); reproduces when its 95 % Wilson lower bound > 10 %",
-        "–" if share is None else f"{share.value:.0f} % [{share.low:.0f}, {share.high:.0f}] of {share.n} pairs",
-        outcome, "needs attention maps (bench --attention)")
+    add(
+        "attention concentration or dispersal of the target's tokens",
+        "SEE",
+        "share of (method, target) pairs whose target-word attention is 'concentrated' or 'dispersed' "
+        "(entropy and top-5 % mass move together past tolerance); reproduces when its 95 % Wilson lower "
+        "bound > 10 %",
+        "–"
+        if share is None
+        else f"{share.value:.0f} % [{share.low:.0f}, {share.high:.0f}] of {share.n} pairs",
+        outcome,
+        "needs attention maps (bench --attention)",
+    )
     return rows
 
 
 def effect_table(all_results: dict[str, dict]) -> list[str]:
     """Per method and target class: erasure and collateral damage, and how many classes pass."""
     methods = list(dict.fromkeys(m for r in all_results.values() for m in r["methods"]))
-    lines = [f"Rule: {EFFECT_RULE}. Cells: target shown original → edited % / unrelated drop pp / sibling drop pp; "
-             "✗ marks a failed check.", "",
-             "| method | " + " | ".join(all_results) + " | passes |", "|---" * (len(all_results) + 2) + "|"]
+    lines = [
+        (
+            f"Rule: {EFFECT_RULE}. Cells: target shown original → edited % / unrelated drop pp / sibling "
+            "drop pp; ✗ marks a failed check."
+        ),
+        "",
+        "| method | " + " | ".join(all_results) + " | passes |",
+        "|---" * (len(all_results) + 2) + "|",
+    ]
     for m in methods:
         cells, passes = [], 0
         for t, r in all_results.items():
@@ -206,8 +236,10 @@ def effect_table(all_results: dict[str, dict]) -> list[str]:
                 continue
             erased, kept = shown <= 0.2 * base, unrel <= 20
             passes += erased and kept
-            cells.append(f"{base:.0f}→{shown:.0f}{'' if erased else ' ✗'} / {unrel:.0f}{'' if kept else ' ✗'} / "
-                         f"{fmt(sib)}")
+            cells.append(
+                f"{base:.0f}→{shown:.0f}{'' if erased else ' ✗'} / {unrel:.0f}{'' if kept else ' ✗'} / "
+                f"{fmt(sib)}"
+            )
         lines.append(f"| {m} | " + " | ".join(cells) + f" | {passes}/{len(all_results)} |")
     return lines + [""]
 
@@ -218,7 +250,9 @@ def main() -> None:
     ap.add_argument("--methods", default="uce,esd-x,ap,rece,negprompt,sld,esd-u,esd-x-strict,age,ca")
     ap.add_argument("--runs", default="/tmp/eraselab-findings")
     ap.add_argument("--seeds-per-prompt", type=int, default=8)
-    ap.add_argument("--no-run", action="store_true", help="only read the results.json files already in --runs")
+    ap.add_argument(
+        "--no-run", action="store_true", help="only read the results.json files already in --runs"
+    )
     ap.add_argument("--out", default=str(HERE / "FINDINGS.md"))
     args = ap.parse_args()
     all_results, timings = {}, {}
@@ -229,7 +263,8 @@ def main() -> None:
                 all_results[target] = json.loads((folder / "results.json").read_text())
             continue
         start = time.perf_counter()
-        # EraseBench's groups are defined for plain concepts; an attributed target ("red circle") gets SEE only.
+        # EraseBench's groups are defined for plain concepts; an attributed target ("red circle") gets SEE
+        # only.
         suites = ("see", "erasebench") if target in WORLD.concepts else ("see",)
         spec = BenchSpec(model="miniworld", methods=tuple(args.methods.split(",")), targets=(target,),
                          suites=suites, seeds_per_prompt=args.seeds_per_prompt, precision=None)
@@ -238,21 +273,37 @@ def main() -> None:
     if not all_results:
         raise SystemExit(f"no results in {args.runs}")
     r0 = next(iter(all_results.values()))
-    lines = ["# Findings of the reference papers, measured on miniworld", "",
-             f"Made by `python benchmarks/findings.py --targets '{','.join(all_results)}' --methods {args.methods} "
-             f"--seeds-per-prompt {args.seeds_per_prompt}`; model fingerprint `{r0['model']['fingerprint']}`, "
-             f"evaluator {r0['evaluator']['name']} v{r0['evaluator']['version']} (threshold "
-             f"{r0['evaluator']['config'].get('threshold')}), eraselab {r0['eraselab']}, torch "
-             f"{r0['versions'].get('torch')}."
-             + (" Wall time per target: " + ", ".join(f"{t} {s:.0f} s" for t, s in timings.items()) + "."
-                if timings else ""), "",
-             "Verdicts pool every target: an effect per target, its mean over targets with a 95 % bootstrap "
-             "interval over targets; 'reproduces' only when the interval excludes 0 in the paper's direction, "
-             f"and only with at least {MIN_TARGETS} targets behind it. "
-             "A verdict says whether this model shows the finding, not whether the paper is right.", "",
-             "## Verdicts", "", "| finding | source | rule | measured (mean [95 % CI]) | verdict |",
-             "|---|---|---|---|---|", *verdicts(all_results), "",
-             "## Each method on each target class", "", *effect_table(all_results)]
+    lines = [
+        "# Findings of the reference papers, measured on miniworld",
+        "",
+        f"Made by `python benchmarks/findings.py --targets '{','.join(all_results)}' --methods "
+        f"{args.methods} --seeds-per-prompt {args.seeds_per_prompt}`; model fingerprint "
+        f"`{r0['model']['fingerprint']}`, evaluator {r0['evaluator']['name']} v{r0['evaluator']['version']} "
+        f"(threshold {r0['evaluator']['config'].get('threshold')}), eraselab {r0['eraselab']}, torch "
+        f"{r0['versions'].get('torch')}."
+        + (
+            " Wall time per target: " + ", ".join(f"{t} {s:.0f} s" for t, s in timings.items()) + "."
+            if timings
+            else ""
+        ),
+        "",
+        (
+            "Verdicts pool every target: an effect per target, its mean over targets with a 95 % bootstrap "
+            "interval over targets; 'reproduces' only when the interval excludes 0 in the paper's direction, "
+            f"and only with at least {MIN_TARGETS} targets behind it. "
+            "A verdict says whether this model shows the finding, not whether the paper is right."
+        ),
+        "",
+        "## Verdicts",
+        "",
+        "| finding | source | rule | measured (mean [95 % CI]) | verdict |",
+        "|---|---|---|---|---|",
+        *verdicts(all_results),
+        "",
+        "## Each method on each target class",
+        "",
+        *effect_table(all_results),
+    ]
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -1,5 +1,6 @@
-"""Images/s of eraselab's generation engine against a naive loop that calls the diffusers pipeline once per probe
-(what the reference repositories' evaluation scripts do), on the same model, steps and probes, side by side.
+"""Images/s of eraselab's generation engine against a naive loop that calls the diffusers pipeline once per
+probe (what the reference repositories' evaluation scripts do), on the same model, steps and probes, side by
+side.
 
     python benchmarks/generate_throughput.py [--model tiny|miniworld] [--probes 64] [--steps 25] [--rounds 3]
                                              [--no-record]
@@ -7,7 +8,8 @@
 Rounds alternate naive and engine runs so that load from other processes falls on both alike; each engine run
 writes into a fresh store (no cache hits). Also reported:
 * pixel agreement with the naive loop (the engine's fixed-size network calls move a few values by one level),
-  and a bit-exactness check with network calls shaped like the pipeline's own (2-row UNet, 1-row text encoder);
+  and a bit-exactness check with network calls shaped like the pipeline's own (2-row UNet, 1-row text
+  encoder);
 * UNet FLOPs per image (torch's FlopCounterMode) against the machine's sustained float32 GEMM rate.
 The result is appended to benchmarks/RESULTS.md under "Generation engine".
 """
@@ -34,22 +36,37 @@ from eraselab.store import RunStore
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Generation engine (generate.py, store.py)"
 WORDS = ("cat", "dog", "red car", "blue house", "tree", "boat", "church", "golf ball")
-MINIWORLD_WORDS = ("red circle", "blue square", "star", "green heart", "polygon", "small yellow arrow", "ring",
-                   "purple hexagon")
+MINIWORLD_WORDS = (
+    "red circle",
+    "blue square",
+    "star",
+    "green heart",
+    "polygon",
+    "small yellow arrow",
+    "ring",
+    "purple hexagon",
+)
 MODELS = {"tiny": "tiny random SD pipeline", "miniworld": "the shipped miniworld model"}
 
 
 def make_probes(n: int, steps: int, model: str = "tiny") -> list[Probe]:
     if model == "miniworld":
-        return [Probe(f"a {MINIWORLD_WORDS[i % len(MINIWORLD_WORDS)]}", seed=i, steps=steps) for i in range(n)]
+        return [
+            Probe(f"a {MINIWORLD_WORDS[i % len(MINIWORLD_WORDS)]}", seed=i, steps=steps) for i in range(n)
+        ]
     return [Probe(f"a photo of a {WORDS[i % len(WORDS)]}", seed=i, steps=steps) for i in range(n)]
 
 
 def naive(pipe, probes) -> list[np.ndarray]:
     out = []
     for p in probes:
-        image = pipe(p.prompt, negative_prompt=p.negative_prompt or None, num_inference_steps=p.steps,
-                     guidance_scale=p.guidance, generator=torch.Generator("cpu").manual_seed(p.seed)).images[0]
+        image = pipe(
+            p.prompt,
+            negative_prompt=p.negative_prompt or None,
+            num_inference_steps=p.steps,
+            guidance_scale=p.guidance,
+            generator=torch.Generator("cpu").manual_seed(p.seed),
+        ).images[0]
         out.append(np.asarray(image))
     return out
 
@@ -71,8 +88,8 @@ def pixel_agreement(a: list[np.ndarray], b: list[np.ndarray]) -> dict:
 
 
 def pipeline_shaped_lanes_match(pipe, probes) -> dict:
-    """With the engine's network calls shaped as the pipeline's (UNet on the 2-row CFG pair, text encoder and VAE
-    on one row), its arithmetic should reproduce pipe(...) exactly."""
+    """With the engine's network calls shaped as the pipeline's (UNet on the 2-row CFG pair, text encoder and
+    VAE on one row), its arithmetic should reproduce pipe(...) exactly."""
     from eraselab.generation import keys  # the image keys (and so every call) take their lanes from here
 
     saved = keys.lanes
@@ -161,27 +178,35 @@ def main() -> None:
     fraction = flops_image * rate64 / gemm
 
     ratios = [e / n for e, n in zip(engine_rates, naive_rates)]
-    table = ("| | images/s (median of rounds) | all rounds |\n|---|---|---|\n"
-             f"| naive loop (pipe() per probe) | {statistics.median(naive_rates):.2f} | "
-             f"{', '.join(f'{x:.2f}' for x in naive_rates)} |\n"
-             f"| eraselab engine (auto batch) | {rate64:.2f} | {', '.join(f'{x:.2f}' for x in engine_rates)} |\n"
-             f"| speed-up | {statistics.median(ratios):.1f}x | {', '.join(f'{x:.1f}x' for x in ratios)} |")
+    table = (
+        "| | images/s (median of rounds) | all rounds |\n|---|---|---|\n"
+        f"| naive loop (pipe() per probe) | {statistics.median(naive_rates):.2f} | "
+        f"{', '.join(f'{x:.2f}' for x in naive_rates)} |\n"
+        f"| eraselab engine (auto batch) | {rate64:.2f} | {', '.join(f'{x:.2f}' for x in engine_rates)} |\n"
+        f"| speed-up | {statistics.median(ratios):.1f}x | {', '.join(f'{x:.1f}x' for x in ratios)} |"
+    )
     print(table)
-    header = (f"- {time.strftime('%Y-%m-%d %H:%M')} `benchmarks/generate_throughput.py`: {len(probes)} probes, "
-              f"{args.steps} DDIM steps, CFG 7.5, {MODELS[args.model]} ({size} px); "
-              f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
-              f"{torch.get_num_threads()}, load average at start {load:.1f} (shared machine); engine lanes: UNet "
-              f"{lane.unet} rows, VAE {lane.vae}, text {lane.text}.")
-    pixels = (f"  Pixels vs the naive loop: {agreement['identical_images']}/{agreement['images']} images identical, "
-              f"max |diff| {agreement['max_abs_diff']} level(s), {100 * agreement['differing_values']:.3f} % of "
-              f"values differ (the engine's {lane.unet}-row UNet calls may sum in another order than the "
-              "pipeline's 2-row calls).")
+    header = (
+        f"- {time.strftime('%Y-%m-%d %H:%M')} `benchmarks/generate_throughput.py`: {len(probes)} probes, "
+        f"{args.steps} DDIM steps, CFG 7.5, {MODELS[args.model]} ({size} px); "
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads "
+        f"{torch.get_num_threads()}, load average at start {load:.1f} (shared machine); engine lanes: UNet "
+        f"{lane.unet} rows, VAE {lane.vae}, text {lane.text}."
+    )
+    pixels = (
+        f"  Pixels vs the naive loop: {agreement['identical_images']}/{agreement['images']} images "
+        f"identical, max |diff| {agreement['max_abs_diff']} level(s), "
+        f"{100 * agreement['differing_values']:.3f} % of values differ (the engine's {lane.unet}-row UNet "
+        "calls may sum in another order than the pipeline's 2-row calls)."
+    )
     exact_line = (f"  With pipeline-shaped calls (UNet 2 rows, text 1, VAE 1; batch 1) on {exact['images']} "
                   f"probes: {exact['identical_images']}/{exact['images']} identical, max |diff| "
                   f"{exact['max_abs_diff']}.")
-    flops_line = (f"  UNet: {flops_image / 1e9:.3f} GFLOP per image ({args.steps} steps × 2 rows); sustained fp32 "
-                  f"GEMM (1024²) {gemm / 1e9:.1f} GFLOP/s; the engine at batch {auto} (auto) performs "
-                  f"{flops_image * rate64 / 1e9:.2f} GFLOP/s of UNet arithmetic = {100 * fraction:.1f} % of it.")
+    flops_line = (
+        f"  UNet: {flops_image / 1e9:.3f} GFLOP per image ({args.steps} steps × 2 rows); sustained fp32 "
+        f"GEMM (1024²) {gemm / 1e9:.1f} GFLOP/s; the engine at batch {auto} (auto) performs "
+        f"{flops_image * rate64 / 1e9:.2f} GFLOP/s of UNet arithmetic = {100 * fraction:.1f} % of it."
+    )
     lines = [header, "", table, "", pixels, exact_line, flops_line]
     text = "\n".join(lines)
     print(text)

@@ -1,21 +1,22 @@
-"""GPU figures on real-sized models with random weights: generation throughput, denoiser efficiency, erase time.
+"""GPU figures on real-sized models with random weights: generation throughput, denoiser efficiency, erase
+time.
 
     python benchmarks/gpu.py [--families sd14,sdxl,flux] [--out DIR] [--probes N] [--esd-iterations N]
                              [--dtypes fp16,bf16] [--smoke]
 
 For each family, on its published architecture (eraselab.shaped_models; random weights, so no download):
 * the card's dense matrix-product rate (8192³, median of 10 after warm-up) per dtype: the ceiling;
-* per dtype: images/s of eraselab's engine (`generate`, a fresh store, every probe missing) against the diffusers
-  pipeline called once per probe (what the reference repositories' evaluation scripts do), same probes, seeds,
-  steps and size;
+* per dtype: images/s of eraselab's engine (`generate`, a fresh store, every probe missing) against the
+  diffusers pipeline called once per probe (what the reference repositories' evaluation scripts do), same
+  probes, seeds, steps and size;
 * per dtype: the engine's first denoiser call (one lane: probes × their guidance branches), replayed: FLOPs by
   torch's FlopCounterMode, time by CUDA events (median of 10) → TFLOP/s and the share of the ceiling;
 * erasure with the reference recipes (preset sd): UCE's closed-form edit in seconds; ESD-x in float32 (as the
-  official training scripts run it), seconds per iteration over --esd-iterations after the first. A method that
-  refuses a family is recorded with its one-line reason.
-Every figure goes to DIR/gpu.json as it is measured (a run cut short keeps what it had). `--smoke` runs the same
-code on the CPU with tiny pipelines of each family in minutes: a check before a GPU is lent, not a speed figure.
-RESULTS.md gets the figures by hand, with the card's name.
+  official training scripts run it), seconds per iteration over --esd-iterations after the first. A method
+  that refuses a family is recorded with its one-line reason.
+Every figure goes to DIR/gpu.json as it is measured (a run cut short keeps what it had). `--smoke` runs the
+same code on the CPU with tiny pipelines of each family in minutes: a check before a GPU is lent, not a speed
+figure. RESULTS.md gets the figures by hand, with the card's name.
 """
 from __future__ import annotations
 
@@ -37,8 +38,8 @@ from eraselab.store import RunStore
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 WORDS = ("cat", "dog", "red car", "blue house", "tree", "boat", "church", "golf ball")
-# Per family: image size, steps, guidance as the model cards use them, probes per measurement, and the dtype its
-# weights are drawn in (Flux's 17 B parameters in float32 would be 68 GB).
+# Per family: image size, steps, guidance as the model cards use them, probes per measurement, and the dtype
+# its weights are drawn in (Flux's 17 B parameters in float32 would be 68 GB).
 FAMILIES = {"sd14": {"size": 512, "steps": 25, "guidance": 7.5, "probes": 32, "build_dtype": torch.float32},
             "sdxl": {"size": 1024, "steps": 25, "guidance": 5.0, "probes": 8, "build_dtype": torch.float32},
             "flux": {"size": 1024, "steps": 28, "guidance": 3.5, "probes": 8, "build_dtype": torch.bfloat16}}
@@ -149,8 +150,15 @@ def erase_seconds(pipe, method: str, **config):
 
     fingerprint(pipe)  # outside the timer, as erase() does
     try:
-        edit = erase(pipe, method, ["car"], preserve=["bus", "truck"] if method == "uce" else (), progress=False,
-                     preset="sd", **config)
+        edit = erase(
+            pipe,
+            method,
+            ["car"],
+            preserve=["bus", "truck"] if method == "uce" else (),
+            progress=False,
+            preset="sd",
+            **config,
+        )
     except EraseLabError as exc:
         return f"refused: {exc}"
     return edit.seconds

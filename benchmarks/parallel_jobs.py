@@ -1,12 +1,13 @@
 """Do parallel eraselab jobs share the CPUs, or spin against each other? (issue 16)
 
-Runs the same eraselab command once alone, then N copies at the same time (each with the default thread policy:
-its share of the usable CPUs among running eraselab jobs), and reports each copy's wall time against the lone
-run. Target: N = 2 copies on 2 cores each finish in ≤ 2.2× the lone time. The machine's load before the run is
-printed with the figures (benchmarks/RESULTS.md records them).
+Runs the same eraselab command once alone, then N copies at the same time (each with the default thread
+policy: its share of the usable CPUs among running eraselab jobs), and reports each copy's wall time against
+the lone run. Target: N = 2 copies on 2 cores each finish in ≤ 2.2× the lone time. The machine's load before
+the run is printed with the figures (benchmarks/RESULTS.md records them).
 
     python benchmarks/parallel_jobs.py                       # `eraselab miniworld score`, 2 copies
-    python benchmarks/parallel_jobs.py --copies 3 -- erase --model miniworld --method uce --target circle --out X
+    python benchmarks/parallel_jobs.py --copies 3 -- erase --model miniworld --method uce --target circle
+    --out X
 """
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def run_copies(argv: list[str], copies: int, env: dict) -> list[float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--copies", type=int, default=2)
     parser.add_argument("command", nargs="*", default=["miniworld", "score", "--json"])
     args = parser.parse_args()

@@ -21,8 +21,14 @@ HERE = Path(__file__).resolve().parent
 
 def bench_seconds(seeds: int) -> tuple[float, int]:
     with tempfile.TemporaryDirectory() as out:
-        spec = BenchSpec(model="miniworld", methods=("uce",), targets=("circle",), suites=("see", "erasebench"),
-                         seeds_per_prompt=seeds, attention=False)
+        spec = BenchSpec(
+            model="miniworld",
+            methods=("uce",),
+            targets=("circle",),
+            suites=("see", "erasebench"),
+            seeds_per_prompt=seeds,
+            attention=False,
+        )
         start = time.perf_counter()
         results = run_bench(spec, out, say=lambda m: None, progress=False)
         return time.perf_counter() - start, len(results["images"])
@@ -45,14 +51,27 @@ def main() -> None:
     uce = {n: uce_seconds(pipe, n) for n in (1, 10, 100)}
     rss_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
     base_t, base_n = bench[1]
-    lines = ["", "## Scaling (benchmarks/scaling.py)", "",
-             "miniworld, `bench` with uce on \"circle\", suites see + erasebench, no attention maps, cold run folder "
-             "each time (erase, generate original + edited, judge, metrics, results):", "",
-             "| probes | images per variant | wall s | × of 1× time | × of 1× probes |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## Scaling (benchmarks/scaling.py)",
+        "",
+        (
+            'miniworld, `bench` with uce on "circle", suites see + erasebench, no attention maps, cold run '
+            "folder each time (erase, generate original + edited, judge, metrics, results):"
+        ),
+        "",
+        "| probes | images per variant | wall s | × of 1× time | × of 1× probes |",
+        "|---|---|---|---|---|",
+    ]
     for s, (t, n) in bench.items():
         lines.append(f"| {s}× | {n} | {t:.1f} | {t / base_t:.2f} | {n / base_n:.1f} |")
-    lines += ["", "UCE erase time by number of targets (closed form; collapse check off so only the solve is timed):",
-              "", "| targets | seconds |", "|---|---|"]
+    lines += [
+        "",
+        "UCE erase time by number of targets (closed form; collapse check off so only the solve is timed):",
+        "",
+        "| targets | seconds |",
+        "|---|---|",
+    ]
     lines += [f"| {n} | {t:.3f} |" for n, t in uce.items()]
     lines += ["", f"Peak RSS of this process (model, oracle, three benches): {rss_gb:.2f} GB.", ""]
     text = "\n".join(lines)

@@ -1,10 +1,11 @@
 """Does AP's concept-search gradient rank candidates by the damage the erasure really does to them?
 
 Erases a concept on the miniworld model with AP's default recipe for a number of θ/π steps, then, for fresh
-rollouts, compares two estimates of which candidate the edit damages most — the straight-through search gradient
-∂L/∂w_k at the sampled one-hot (L the preservation loss), with the frozen model's x̂₀* held constant (the
-reference) or differentiated too (`exact_search_gradient`) — against each candidate's measured preservation
-loss L(E_k) on the same rollouts (the gradient summed over uniformly drawn one-hots: π's expected first move). Prints the Spearman rank correlation of each with the measured damage.
+rollouts, compares two estimates of which candidate the edit damages most — the straight-through search
+gradient ∂L/∂w_k at the sampled one-hot (L the preservation loss), with the frozen model's x̂₀* held constant
+(the reference) or differentiated too (`exact_search_gradient`) — against each candidate's measured
+preservation loss L(E_k) on the same rollouts (the gradient summed over uniformly drawn one-hots: π's expected
+first move). Prints the Spearman rank correlation of each with the measured damage.
 
 Run: OMP_NUM_THREADS=1 HF_HUB_OFFLINE=1 python scripts/ap_search_gradient.py --steps 60 --draws 16
 """
@@ -84,7 +85,10 @@ def main() -> None:
                     grads[name] += gw
         print(f"{args.target}: {n} candidates, {cfg.iterations} θ steps, {args.draws} draws")
         order = damage.argsort(descending=True)
-        print("most damaged:", [(pool.names[int(i)], round(float(damage[i]) / args.draws, 5)) for i in order[:5]])
+        print(
+            "most damaged:",
+            [(pool.names[int(i)], round(float(damage[i]) / args.draws, 5)) for i in order[:5]],
+        )
         for name, g in grads.items():
             print(f"{name} search gradient: Spearman vs damage {spearman(g, damage):+.3f}; top pick "
                   f"{pool.names[int(g.argmax())]}")

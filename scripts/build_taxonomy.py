@@ -1,4 +1,5 @@
-"""Build the real-model concept data (suites/data/taxonomy.json, erasebench.json) from WordNet 3.0 + ImageNet-1k.
+"""Build the real-model concept data (suites/data/taxonomy.json, erasebench.json) from WordNet 3.0 +
+ImageNet-1k.
 
 Run once by a maintainer; users never need WordNet or nltk, because the output is shipped in the package.
 
@@ -7,10 +8,11 @@ Run once by a maintainer; users never need WordNet or nltk, because the output i
     python scripts/build_taxonomy.py                        # writes src/eraselab/suites/data/*.json
 
 What comes from where:
-- the skeleton (which superclasses and classes, by WordNet synset) and the attribute vocabulary are authored below,
-  because "everyday object" and "which colours fit a banana" are editorial choices, not WordNet facts;
+- the skeleton (which superclasses and classes, by WordNet synset) and the attribute vocabulary are authored
+  below, because "everyday object" and "which colours fit a banana" are editorial choices, not WordNet facts;
 - subclasses are WordNet hyponyms of each class, ImageNet-1k classes first (WordNet noun offsets are ImageNet
-  ids: synset offset 1440764 is n01440764, "tench"), then other hyponyms WordNet's corpus counts say are common;
+  ids: synset offset 1440764 is n01440764, "tench"), then other hyponyms WordNet's corpus counts say are
+  common;
 - synonyms are the synset's other lemma names (Latin binomials dropped), paraphrases come from the gloss;
 - EraseBench groups: synonym and paraphrase (the gloss) name the target itself; visually similar /
   subset-superset / binomial / semantically related are authored pairs
@@ -38,11 +40,13 @@ PREFERRED = {"fish": ["goldfish.n.01", "tench.n.01"], "big cat": ["tiger.n.02", 
              "dog": ["english_springer.n.01"], "truck": ["garbage_truck.n.01"], "saw": ["chain_saw.n.01"],
              "brass instrument": ["french_horn.n.01"]}
 
-# ---- authored skeleton: superclass -> (synset, attribute profile, [(class name, synset), ...]) --------------------
+# ---- authored skeleton: superclass -> (synset, attribute profile, [(class name, synset), ...]) -------------
+# fmt: off
 SKELETON = {
     "vehicle": ("vehicle.n.01", "vehicle", [
         ("car", "car.n.01"), ("bus", "bus.n.01"), ("truck", "truck.n.01"), ("motorcycle", "motorcycle.n.01"),
-        ("bicycle", "bicycle.n.01"), ("boat", "boat.n.01"), ("aircraft", "aircraft.n.01"), ("train", "train.n.01")]),
+        ("bicycle", "bicycle.n.01"), ("boat", "boat.n.01"), ("aircraft", "aircraft.n.01"),
+        ("train", "train.n.01")]),
     "animal": ("animal.n.01", "animal", [
         ("dog", "dog.n.01"), ("cat", "domestic_cat.n.01"), ("big cat", "big_cat.n.01"), ("bird", "bird.n.01"),
         ("fish", "fish.n.01"), ("bear", "bear.n.01"), ("monkey", "monkey.n.01"), ("snake", "snake.n.01"),
@@ -58,8 +62,9 @@ SKELETON = {
         ("guitar", "guitar.n.01"), ("piano", "piano.n.01"), ("drum", "drum.n.01"), ("violin", "violin.n.01"),
         ("brass instrument", "brass.n.02"), ("flute", "flute.n.01")]),
     "fruit": ("edible_fruit.n.01", "fruit", [
-        ("apple", "apple.n.01"), ("banana", "banana.n.02"), ("orange", "orange.n.01"), ("lemon", "lemon.n.01"),
-        ("strawberry", "strawberry.n.01"), ("pineapple", "pineapple.n.02"), ("pear", "pear.n.01")]),
+        ("apple", "apple.n.01"), ("banana", "banana.n.02"), ("orange", "orange.n.01"),
+        ("lemon", "lemon.n.01"), ("strawberry", "strawberry.n.01"), ("pineapple", "pineapple.n.02"),
+        ("pear", "pear.n.01")]),
     "vegetable": ("vegetable.n.01", "vegetable", [
         ("cabbage", "cabbage.n.01"), ("squash", "squash.n.02"), ("pepper", "pepper.n.04"),
         ("broccoli", "broccoli.n.02"), ("cucumber", "cucumber.n.02"), ("mushroom", "mushroom.n.02")]),
@@ -70,22 +75,24 @@ SKELETON = {
         ("church", "church.n.02"), ("house", "house.n.01"), ("tower", "tower.n.01"), ("barn", "barn.n.01"),
         ("castle", "castle.n.02")]),
     "electronic device": ("device.n.01", "device", [
-        ("computer", "computer.n.01"), ("telephone", "telephone.n.01"), ("television", "television_receiver.n.01"),
-        ("camera", "camera.n.01"), ("cassette player", "cassette_player.n.01"), ("clock", "clock.n.01")]),
+        ("computer", "computer.n.01"), ("telephone", "telephone.n.01"),
+        ("television", "television_receiver.n.01"), ("camera", "camera.n.01"),
+        ("cassette player", "cassette_player.n.01"), ("clock", "clock.n.01")]),
     "tool": ("tool.n.01", "tool", [
         ("saw", "saw.n.02"), ("hammer", "hammer.n.02"), ("screwdriver", "screwdriver.n.01"),
         ("shovel", "shovel.n.01"), ("axe", "ax.n.01"), ("wrench", "wrench.n.03")]),
     "ball": ("ball.n.01", "ball", [
-        ("golf ball", "golf_ball.n.01"), ("tennis ball", "tennis_ball.n.01"), ("soccer ball", "soccer_ball.n.01"),
-        ("basketball", "basketball.n.02"), ("baseball", "baseball.n.02"), ("volleyball", "volleyball.n.02")]),
+        ("golf ball", "golf_ball.n.01"), ("tennis ball", "tennis_ball.n.01"),
+        ("soccer ball", "soccer_ball.n.01"), ("basketball", "basketball.n.02"), ("baseball", "baseball.n.02"),
+        ("volleyball", "volleyball.n.02")]),
     "celestial body": ("celestial_body.n.01", "celestial", [
         ("sun", "sun.n.01"), ("moon", "moon.n.01"), ("star", "star.n.03"), ("planet", "planet.n.01")]),
     "flower": ("flower.n.01", "flower", [
-        ("rose", "rose.n.01"), ("daisy", "daisy.n.01"), ("tulip", "tulip.n.01"), ("sunflower", "sunflower.n.01"),
-        ("orchid", "orchid.n.01"), ("lily", "lily.n.01")]),
+        ("rose", "rose.n.01"), ("daisy", "daisy.n.01"), ("tulip", "tulip.n.01"),
+        ("sunflower", "sunflower.n.01"), ("orchid", "orchid.n.01"), ("lily", "lily.n.01")]),
 }
 
-# ---- authored attribute vocabulary (kinds) and which values fit each superclass -----------------------------------
+# ---- authored attribute vocabulary (kinds) and which values fit each superclass ----------------------------
 ATTRIBUTES = {
     "color": ["red", "blue", "green", "yellow", "black", "white", "brown", "gray", "orange", "pink", "purple",
               "silver", "golden"],
@@ -105,43 +112,47 @@ PROFILES = {
     "furniture": {"color": ["red", "blue", "black", "white", "brown", "gray"], "material": ["wooden", "metal",
                   "plastic", "leather", "fabric"], "size": ["small", "large"], "pattern": ["striped", "plain",
                   "floral"], "age": ["new", "old", "vintage"], "condition": ["clean", "dirty", "broken"]},
-    "kitchenware": {"color": ["red", "blue", "green", "white", "black"], "material": ["metal", "plastic", "glass",
-                    "ceramic", "wooden"], "size": ["small", "large"], "pattern": ["striped", "plain", "floral"],
+    "kitchenware": {"color": ["red", "blue", "green", "white", "black"],
+                    "material": ["metal", "plastic", "glass", "ceramic", "wooden"],
+                    "size": ["small", "large"], "pattern": ["striped", "plain", "floral"],
                     "age": ["new", "old", "vintage"], "condition": ["clean", "dirty", "broken", "shiny"]},
-    "instrument": {"color": ["red", "black", "white", "brown", "golden", "silver"], "material": ["wooden", "metal",
-                   "plastic"], "size": ["small", "large"], "pattern": ["plain", "striped"],
-                   "age": ["new", "old", "vintage"], "condition": ["shiny", "broken", "dirty"]},
-    "fruit": {"color": ["red", "green", "yellow", "orange", "brown"], "size": ["small", "large", "tiny", "huge"],
-              "pattern": ["spotted", "plain", "striped"], "age": ["new", "old"],
-              "condition": ["ripe", "wet", "dirty", "shiny"]},
+    "instrument": {"color": ["red", "black", "white", "brown", "golden", "silver"],
+                   "material": ["wooden", "metal", "plastic"], "size": ["small", "large"],
+                   "pattern": ["plain", "striped"], "age": ["new", "old", "vintage"],
+                   "condition": ["shiny", "broken", "dirty"]},
+    "fruit": {"color": ["red", "green", "yellow", "orange", "brown"],
+              "size": ["small", "large", "tiny", "huge"], "pattern": ["spotted", "plain", "striped"],
+              "age": ["new", "old"], "condition": ["ripe", "wet", "dirty", "shiny"]},
     "vegetable": {"color": ["red", "green", "yellow", "orange", "purple", "white"], "size": ["small", "large",
                   "huge"], "pattern": ["spotted", "plain", "striped"], "age": ["new", "old"],
                   "condition": ["ripe", "wet", "dirty", "wilted"]},
-    "clothing": {"color": ["red", "blue", "green", "yellow", "black", "white", "pink", "purple"], "material": [
-                 "leather", "fabric", "plastic"], "size": ["small", "large"], "pattern": ["striped", "spotted",
-                 "checkered", "plain", "floral"], "age": ["new", "old", "vintage"],
-                 "condition": ["clean", "dirty", "wet"]},
+    "clothing": {"color": ["red", "blue", "green", "yellow", "black", "white", "pink", "purple"],
+                 "material": ["leather", "fabric", "plastic"], "size": ["small", "large"],
+                 "pattern": ["striped", "spotted", "checkered", "plain", "floral"],
+                 "age": ["new", "old", "vintage"], "condition": ["clean", "dirty", "wet"]},
     "building": {"color": ["red", "white", "gray", "brown", "yellow", "blue"], "material": ["wooden", "stone",
                  "glass", "metal"], "size": ["small", "large", "huge"], "pattern": ["plain", "striped"],
                  "age": ["new", "old"], "condition": ["clean", "dirty", "broken"]},
-    "device": {"color": ["black", "white", "silver", "red", "blue"], "material": ["metal", "plastic", "wooden",
-               "glass"], "size": ["small", "large", "tiny"], "pattern": ["plain", "striped"],
-               "age": ["new", "old", "vintage"], "condition": ["clean", "dirty", "broken", "shiny"]},
-    "tool": {"color": ["red", "yellow", "black", "silver", "orange"], "material": ["metal", "wooden", "plastic"],
-             "size": ["small", "large"], "pattern": ["plain", "striped"], "age": ["new", "old"],
+    "device": {"color": ["black", "white", "silver", "red", "blue"],
+               "material": ["metal", "plastic", "wooden", "glass"], "size": ["small", "large", "tiny"],
+               "pattern": ["plain", "striped"], "age": ["new", "old", "vintage"],
+               "condition": ["clean", "dirty", "broken", "shiny"]},
+    "tool": {"color": ["red", "yellow", "black", "silver", "orange"],
+             "material": ["metal", "wooden", "plastic"], "size": ["small", "large"],
+             "pattern": ["plain", "striped"], "age": ["new", "old"],
              "condition": ["clean", "dirty", "rusty", "broken", "shiny"]},
     "ball": {"color": ["red", "blue", "green", "yellow", "black", "white", "orange"], "material": ["leather",
              "plastic"], "size": ["small", "large", "tiny", "huge"], "pattern": ["striped", "spotted",
              "checkered", "plain"], "age": ["new", "old"], "condition": ["clean", "dirty", "wet"]},
     "celestial": {"color": ["red", "orange", "yellow", "white", "blue", "golden", "silver"], "size": ["small",
-                  "large", "huge"], "pattern": ["plain", "spotted", "striped"], "age": ["new", "old", "young"],
-                  "condition": ["shiny"]},
-    "flower": {"color": ["red", "white", "yellow", "pink", "purple", "orange", "blue"], "size": ["small", "large",
-               "tiny"], "pattern": ["spotted", "striped", "plain"], "age": ["new", "young", "old"],
-               "condition": ["wet", "wilted"]},
+                  "large", "huge"], "pattern": ["plain", "spotted", "striped"],
+                  "age": ["new", "old", "young"], "condition": ["shiny"]},
+    "flower": {"color": ["red", "white", "yellow", "pink", "purple", "orange", "blue"],
+               "size": ["small", "large", "tiny"], "pattern": ["spotted", "striped", "plain"],
+               "age": ["new", "young", "old"], "condition": ["wet", "wilted"]},
 }
 
-# ---- authored relation pairs (EraseBench groups); names need not be taxonomy concepts ------------------------------
+# ---- authored relation pairs (EraseBench groups); names need not be taxonomy concepts ----------------------
 VISUALLY_SIMILAR = [
     ("cat", "tiger"), ("cat", "cheetah"), ("cat", "lynx"), ("dog", "wolf"), ("dog", "fox"), ("bus", "truck"),
     ("car", "van"), ("motorcycle", "bicycle"), ("boat", "ship"), ("aircraft", "bird"), ("orange", "lemon"),
@@ -150,13 +161,15 @@ VISUALLY_SIMILAR = [
     ("guitar", "ukulele"), ("violin", "cello"), ("flute", "clarinet"), ("chair", "stool"), ("sofa", "bed"),
     ("table", "desk"), ("shoe", "boot"), ("hat", "helmet"), ("coat", "jacket"), ("church", "castle"),
     ("house", "barn"), ("television", "computer"), ("telephone", "remote control"), ("sun", "moon"),
-    ("moon", "planet"), ("star", "starfish"), ("rose", "tulip"), ("daisy", "sunflower"), ("broccoli", "cauliflower"),
-    ("cucumber", "zucchini"), ("pepper", "tomato"), ("mushroom", "umbrella"), ("basketball", "orange"),
-    ("golf ball", "ping-pong ball"), ("tennis ball", "lemon"), ("soccer ball", "volleyball"), ("bear", "gorilla"),
-    ("monkey", "ape"), ("snake", "eel"), ("butterfly", "moth"), ("horse", "zebra"), ("horse", "donkey"),
-    ("fish", "dolphin"), ("hammer", "axe"), ("saw", "knife"), ("shovel", "spoon"), ("clock", "compass"),
-    ("camera", "binoculars"), ("lamp", "lantern"), ("knife", "sword"), ("fork", "rake"),
+    ("moon", "planet"), ("star", "starfish"), ("rose", "tulip"), ("daisy", "sunflower"),
+    ("broccoli", "cauliflower"), ("cucumber", "zucchini"), ("pepper", "tomato"), ("mushroom", "umbrella"),
+    ("basketball", "orange"), ("golf ball", "ping-pong ball"), ("tennis ball", "lemon"),
+    ("soccer ball", "volleyball"), ("bear", "gorilla"), ("monkey", "ape"), ("snake", "eel"),
+    ("butterfly", "moth"), ("horse", "zebra"), ("horse", "donkey"), ("fish", "dolphin"), ("hammer", "axe"),
+    ("saw", "knife"), ("shovel", "spoon"), ("clock", "compass"), ("camera", "binoculars"),
+    ("lamp", "lantern"), ("knife", "sword"), ("fork", "rake"),
 ]
+# fmt: on
 SUBSET_SUPERSET = [("goldfish", "guppy"), ("goldfish", "koi"), ("goldfish", "carp")]
 BINOMIAL = [
     ("sun", "moon"), ("cup", "saucer"), ("knife", "fork"), ("fork", "spoon"), ("table", "chair"),
@@ -181,19 +194,22 @@ SEMANTICALLY_RELATED = [
     ("bear", "forest"), ("tiger", "jungle"), ("cassette player", "music"), ("French horn", "orchestra"),
     ("garbage truck", "trash"), ("church", "wedding"), ("parachute", "sky"), ("golf ball", "golf course"),
 ]
-# WordNet 3.0's lexicographer files in file-number order (lexnames(5WN)); nltk needs them as a `lexnames` file.
+# WordNet 3.0's lexicographer files in file-number order (lexnames(5WN)); nltk needs them as a `lexnames`
+# file.
 LEXNAMES = (
-    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body noun.cognition "
-    "noun.communication noun.event noun.feeling noun.food noun.group noun.location noun.motive noun.object "
-    "noun.person noun.phenomenon noun.plant noun.possession noun.process noun.quantity noun.relation noun.shape "
-    "noun.state noun.substance noun.time verb.body verb.change verb.cognition verb.communication verb.competition "
-    "verb.consumption verb.contact verb.creation verb.emotion verb.motion verb.perception verb.possession "
-    "verb.social verb.stative verb.weather adj.ppl")
+    "adj.all adj.pert adv.all noun.Tops noun.act noun.animal noun.artifact noun.attribute noun.body "
+    "noun.cognition noun.communication noun.event noun.feeling noun.food noun.group noun.location "
+    "noun.motive noun.object noun.person noun.phenomenon noun.plant noun.possession noun.process "
+    "noun.quantity noun.relation noun.shape noun.state noun.substance noun.time verb.body verb.change "
+    "verb.cognition verb.communication verb.competition verb.consumption verb.contact verb.creation "
+    "verb.emotion verb.motion verb.perception verb.possession verb.social verb.stative verb.weather adj.ppl"
+)
 LATIN_GENUS = re.compile(r"^[A-Z][a-z]+ [a-z]+$")
 
 
 def setup_wordnet(nltk_data: Path) -> None:
-    """nltk reads WordNet from $NLTK_DATA/corpora/wordnet; Debian's dict files lack nltk's `lexnames` index."""
+    """nltk reads WordNet from $NLTK_DATA/corpora/wordnet; Debian's dict files lack nltk's `lexnames`
+    index."""
     target = nltk_data / "corpora" / "wordnet"
     if (target / "lexnames").exists():
         return
@@ -247,7 +263,9 @@ def build(imagenet_json: Path) -> tuple[dict, dict]:
         for cls, cls_ss in classes:
             s = wn.synset(cls_ss)
             below = [h for h in s.closure(lambda x: x.hyponyms()) if h.name() not in used]
-            in_imagenet = sorted((h for h in below if wnid(h) in imagenet), key=lambda h: (-count(h), h.name()))
+            in_imagenet = sorted(
+                (h for h in below if wnid(h) in imagenet), key=lambda h: (-count(h), h.name())
+            )
             common = sorted((h for h in s.hyponyms() if h.name() not in used and wnid(h) not in imagenet
                              and count(h) > 0), key=lambda h: (-count(h), h.name()))
             subs = []
@@ -268,7 +286,8 @@ def build(imagenet_json: Path) -> tuple[dict, dict]:
         syn = []
         for lemma in s.lemma_names():
             name = lemma.replace("_", " ")
-            # A lemma whose commonest sense is another synset ("machine" for car) would probe the wrong concept.
+            # A lemma whose commonest sense is another synset ("machine" for car) would probe the wrong
+            # concept.
             primary = wn.synsets(lemma, pos="n")[:1] == [s]
             if (name.lower() != concept.lower() and name not in names and not is_latin(name, s)
                     and name not in syn and primary):
@@ -305,7 +324,8 @@ def _partners(pairs, concept: str) -> list[str]:
 
 
 def build_erasebench(tax: dict) -> dict:
-    """Per target concept: the five EraseBench probe groups (names outside the taxonomy are allowed as probes)."""
+    """Per target concept: the five EraseBench probe groups (names outside the taxonomy are allowed as
+    probes)."""
     hierarchy = tax["hierarchy"]
     parent = {c: p for p, cs in hierarchy.items() for c in cs}
     targets = [c for c in parent if parent[c] != "object"]  # classes and subclasses, not the superclasses
@@ -321,16 +341,28 @@ def build_erasebench(tax: dict) -> dict:
         related = _partners(SEMANTICALLY_RELATED, t)
         if not related:  # same superclass, another class: related by meaning, not by look
             grand = parent.get(parent[t])
-            related = [c for c in hierarchy.get(grand, []) if c not in (t, parent[t]) and c not in similar][:2] \
-                if grand and grand != "object" else [s for s in siblings if s not in similar][:2]
+            related = (
+                [c for c in hierarchy.get(grand, []) if c not in (t, parent[t]) and c not in similar][:2]
+                if grand and grand != "object"
+                else [s for s in siblings if s not in similar][:2]
+            )
         out[t] = {"visually_similar": similar, "subset_superset": subset, "binomial": binomial,
                   "semantically_related": related, "synonym": tax["synonyms"].get(t, [])[:3],
                   "paraphrase": tax["paraphrases"].get(t, [])[:1]}
-    return {"version": VERSION, "source": f"derived from taxonomy.json v{VERSION} by scripts/build_taxonomy.py",
-            "groups": ["visually_similar", "subset_superset", "binomial", "semantically_related", "synonym",
-                       "paraphrase"],
-            "notes": "synonym: other names of the target; paraphrase: a description of it (WordNet gloss)",
-            "targets": out}
+    return {
+        "version": VERSION,
+        "source": f"derived from taxonomy.json v{VERSION} by scripts/build_taxonomy.py",
+        "groups": [
+            "visually_similar",
+            "subset_superset",
+            "binomial",
+            "semantically_related",
+            "synonym",
+            "paraphrase",
+        ],
+        "notes": "synonym: other names of the target; paraphrase: a description of it (WordNet gloss)",
+        "targets": out,
+    }
 
 
 def main(argv=None) -> None:

@@ -1,9 +1,10 @@
-"""Convert the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, shipped by open_clip_torch and clip-anytorch)
-into the vocab.json + merges.txt pair that transformers' CLIPTokenizer reads.
+"""Convert the CLIP BPE vocabulary (bpe_simple_vocab_16e6.txt.gz, shipped by open_clip_torch and
+clip-anytorch) into the vocab.json + merges.txt pair that transformers' CLIPTokenizer reads.
 
 The construction follows the published CLIP tokenizer definition: 256 byte symbols, the same with the
 end-of-word marker, one symbol per merge, then the two special tokens; 49,408 ids in all.
-Usage: python scripts/convert_clip_bpe.py PATH/TO/bpe_simple_vocab_16e6.txt.gz src/eraselab/data/clip_tokenizer
+Usage: python scripts/convert_clip_bpe.py PATH/TO/bpe_simple_vocab_16e6.txt.gz
+src/eraselab/data/clip_tokenizer
 """
 import gzip
 import json

@@ -10,14 +10,16 @@ from pathlib import Path
 
 from wordfreq import top_n_list
 
-FUNCTION_WORDS = set("""
+FUNCTION_WORDS = set(
+    """
 the and for that you this was are have not but from your all his they can will just what has when more out
 about she her him our their them there then than were been being into who whom whose which would could should
 shall might must may its it's also very some any each other such only own same too here where why how these
-those over under again further once both few most nor off until while above below between through during before
-after because against with without within upon onto per via yet ever never always often did does doing done
-had having get got was were i'm you're don't can't won't isn't aren't didn't doesn't let let's
-""".split())
+those over under again further once both few most nor off until while above below between through during
+before after because against with without within upon onto per via yet ever never always often did does doing
+done had having get got was were i'm you're don't can't won't isn't aren't didn't doesn't let let's
+""".split()
+)
 N = 3000
 
 

@@ -74,6 +74,6 @@ def save_clip_folder(folder, model, processor, tokenizer):
 
 
 def pytest_collection_modifyitems(config, items):
-    """The longest test file (the demo, minutes) first: under pytest-xdist (--dist loadfile) it then runs beside
-    the others instead of after them."""
+    """The longest test file (the demo, minutes) first: under pytest-xdist (--dist loadfile) it then runs
+    beside the others instead of after them."""
     items.sort(key=lambda item: 0 if item.nodeid.startswith("tests/test_demo.py") else 1)

@@ -196,7 +196,9 @@ def test_maps_match_an_independent_computation(pipe):
     captured = []
 
     def grab(module, args, kwargs):
-        captured.append((module, args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"]))
+        captured.append(
+            (module, args[0] if args else kwargs["hidden_states"], kwargs["encoder_hidden_states"])
+        )
 
     hooks = [m.register_forward_pre_hook(grab, with_kwargs=True)
              for name, m in pipe.unet.named_modules() if name.endswith("attn2")]
@@ -242,7 +244,11 @@ def test_engine_row_layout_and_split_calls(pipe):
                 rec.on_unet_call(0, t, layout[:3])
                 pipe.unet(x[:3], t, encoder_hidden_states=e[:3])
                 rec.on_unet_call(0, t, layout[3:] + [None, None])
-                pipe.unet(torch.cat([x[3:], x[:1], x[:1]]), t, encoder_hidden_states=torch.cat([e[3:], e[:1], e[:1]]))
+                pipe.unet(
+                    torch.cat([x[3:], x[:1], x[:1]]),
+                    t,
+                    encoder_hidden_states=torch.cat([e[3:], e[:1], e[:1]]),
+                )
             else:
                 rec.on_unet_call(0, t, layout)
                 pipe.unet(x, t, encoder_hidden_states=e)

@@ -1,4 +1,6 @@
-"""End-to-end bench on the embedded miniworld model with its oracle: UCE erasing "circle", see + erasebench."""
+"""End-to-end bench on the embedded miniworld model with its oracle: UCE erasing "circle", see +
+erasebench."""
+
 import pytest
 
 from eraselab.bench import BenchSpec, run_bench
@@ -14,7 +16,8 @@ def test_uce_circle_bench_on_miniworld(tmp_path):
     results = run_bench(spec, tmp_path, say=lambda m: None, progress=False)
     m = results["methods"]["uce"]["metrics"]
     assert results["evaluator"]["name"] == "oracle" and results["evaluator"]["config"]["threshold"] == 0.5
-    # The oracle reads real images: the original model draws circles for circle prompts, the edit removes most.
+    # The oracle reads real images: the original model draws circles for circle prompts, the edit removes
+    # most.
     before, after = m["target.recognition.original"]["value"], m["target.recognition"]["value"]
     assert before >= 25.0, before
     assert after <= before / 2, (before, after)
@@ -23,4 +26,8 @@ def test_uce_circle_bench_on_miniworld(tmp_path):
                 "see.unrelated.preserved", "erasebench.efficacy", "erasebench.sensitivity", "erasebench.hm",
                 "quality.frechet"):
         assert m[key]["n"] and m[key]["value"] is not None, key
-    assert m["erasebench.efficacy"]["low"] <= m["erasebench.efficacy"]["value"] <= m["erasebench.efficacy"]["high"]
+    assert (
+        m["erasebench.efficacy"]["low"]
+        <= m["erasebench.efficacy"]["value"]
+        <= m["erasebench.efficacy"]["high"]
+    )

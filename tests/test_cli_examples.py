@@ -35,7 +35,11 @@ def test_help_is_complete(name, cmd, capsys):
     assert (cmd.help or "").strip(), f"{name} has no description"
     assert _example(cmd), f"{name}'s help shows no example"
     for param in cmd.params:
-        if param.name != "help" and getattr(param, "help", None) is None and param.param_type_name == "option":
+        if (
+            param.name != "help"
+            and getattr(param, "help", None) is None
+            and param.param_type_name == "option"
+        ):
             if not param.hidden and param.default is None and param.required:
                 pytest.fail(f"{name} --{param.name} is required but undocumented")
     assert "Usage" in shown

@@ -1,4 +1,6 @@
-"""`eraselab demo` end to end on miniworld (the README's main job): report in a real browser, warm re-run cached."""
+"""`eraselab demo` end to end on miniworld (the README's main job): report in a real browser, warm re-run
+cached."""
+
 import pytest
 
 from eraselab.cli import main
@@ -8,8 +10,8 @@ pytestmark = pytest.mark.skipif(not (miniworld_weights_dir() / "model_index.json
                                 reason="the miniworld weights are not shipped in this checkout")
 
 
-# The default run checks every step of the demo on fewer images (4 per aspect instead of 12: ~3 minutes less of
-# CI); the slow test runs exactly what README says.
+# The default run checks every step of the demo on fewer images (4 per aspect instead of 12: ~3 minutes less
+# of CI); the slow test runs exactly what README says.
 FAST = ["--precision", "35"]
 
 

@@ -1,8 +1,8 @@
 """Effect of MACE on the miniworld model, judged by the miniworld oracle (slow; needs the shipped weights).
 
-Erasing the target must drop the oracle's rate for it on "a <target>" prompts to ≤ 20 % of the original model's,
-while an unrelated class keeps ≥ 80 % of its rate. The miniworld preset was tuned on circle only; triangle and
-heart are held out.
+Erasing the target must drop the oracle's rate for it on "a <target>" prompts to ≤ 20 % of the original
+model's, while an unrelated class keeps ≥ 80 % of its rate. The miniworld preset was tuned on circle only;
+triangle and heart are held out.
 """
 import pytest
 from test_methods_effect import rate, world  # noqa: F401  (the module-scoped fixture and the oracle rate)
@@ -12,10 +12,11 @@ import eraselab
 pytestmark = pytest.mark.slow
 
 # Known shortfall of the circle-tuned preset on held-out targets (48 seeds, the report of issue 17): erasing
-# triangle keeps stars at 0.77 of their rate (triangle 1.00→0.15), erasing heart leaves hearts at 0.50 of their
-# rate (circle kept at 0.80). Not strict: a preset that reaches both XPASSes.
-HELD_OUT = pytest.mark.xfail(reason="the circle-tuned preset does not yet meet the limits on held-out targets",
-                             strict=False)
+# triangle keeps stars at 0.77 of their rate (triangle 1.00→0.15), erasing heart leaves hearts at 0.50 of
+# their rate (circle kept at 0.80). Not strict: a preset that reaches both XPASSes.
+HELD_OUT = pytest.mark.xfail(
+    reason="the circle-tuned preset does not yet meet the limits on held-out targets", strict=False
+)
 CASES = [("circle", "star"), pytest.param("triangle", "star", marks=HELD_OUT),
          pytest.param("heart", "circle", marks=HELD_OUT)]
 
@@ -27,7 +28,9 @@ def test_mace_erases_on_miniworld(world, target, kept):  # noqa: F811
     edit = eraselab.erase(pipe, "mace", [target], progress=False)
     after = {c: rate(pipe, store, oracle, c, edit) for c in (target, kept)}
     assert edit.extras["regions"] == "renderer" and edit.extras["lora"] == "merged"
-    print(f"mace {target}: {before[target]:.2f}→{after[target]:.2f}, {kept} {before[kept]:.2f}→{after[kept]:.2f}, "
-          f"{edit.seconds:.1f} s")
+    print(
+        f"mace {target}: {before[target]:.2f}→{after[target]:.2f}, {kept} "
+        f"{before[kept]:.2f}→{after[kept]:.2f}, {edit.seconds:.1f} s"
+    )
     assert after[target] <= 0.2 * before[target], (target, before, after)
     assert after[kept] >= 0.8 * before[kept], (target, before, after)

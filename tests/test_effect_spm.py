@@ -9,9 +9,9 @@ from test_methods_effect import rate, world  # noqa: F401  (the module-scoped fi
 
 import eraselab
 
-# Known shortfall (first trial of the miniworld preset, 300 steps at lr 2e-3): circle 0.85 → 0.52 while star kept
-# 0.92 → 0.92; the preset still needs tuning (more steps, a larger lr or a smaller la_strength). Not strict: a
-# preset that erases XPASSes.
+# Known shortfall (first trial of the miniworld preset, 300 steps at lr 2e-3): circle 0.85 → 0.52 while star
+# kept 0.92 → 0.92; the preset still needs tuning (more steps, a larger lr or a smaller la_strength). Not
+# strict: a preset that erases XPASSes.
 pytestmark = [pytest.mark.slow, pytest.mark.xfail(reason="SPM's miniworld preset does not yet erase to 20 %",
                                                    strict=False)]
 

@@ -46,7 +46,8 @@ def test_efficientnet_lite0_predictions_are_sane():
     gray = Image.new("RGB", (256, 256), (128, 128, 128))
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 200, 3), dtype=np.uint8))
     rows = ev.judge([hopper, gray, noise], [Probe("a photo")] * 3)
-    # Grace Hopper in her navy uniform: the classic sample image, classified as uniform / gown by ImageNet nets.
+    # Grace Hopper in her navy uniform: the classic sample image, classified as uniform / gown by ImageNet
+    # nets.
     assert {"military uniform", "academic gown", "mortarboard"} & set(rows[0]["labels"][:3])
     assert rows[0]["scores"][rows[0]["labels"][0]] > 0.15
     assert max(rows[1]["scores"].values()) < 0.05  # a flat gray image is no class in particular

@@ -20,8 +20,19 @@ def _det(cls, score):
 
 
 def test_spec_class_set():
-    assert set(EXPOSED_CLASSES) == {f"{p}_EXPOSED" for p in ("FEMALE_BREAST", "FEMALE_GENITALIA", "MALE_GENITALIA",
-                                                             "MALE_BREAST", "BUTTOCKS", "ARMPITS", "BELLY", "FEET")}
+    assert set(EXPOSED_CLASSES) == {
+        f"{p}_EXPOSED"
+        for p in (
+            "FEMALE_BREAST",
+            "FEMALE_GENITALIA",
+            "MALE_GENITALIA",
+            "MALE_BREAST",
+            "BUTTOCKS",
+            "ARMPITS",
+            "BELLY",
+            "FEET",
+        )
+    }
 
 
 def test_threshold_logic_on_hand_made_detections():
@@ -65,7 +76,9 @@ def test_detector_sees_a_face_and_matches_detect_on_a_saved_png(tmp_path):
     import matplotlib
 
     ev = get_evaluator("nudenet")
-    portrait = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert("RGB")
+    portrait = Image.open(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg").convert(
+        "RGB"
+    )
     row = ev.judge([portrait], [Probe("a portrait")])[0]
     assert "FACE_FEMALE" in row["scores"] and not any(row["exposed"].values())
     # Same numbers as the usual scripts that save a PNG and call detect(path).

@@ -78,7 +78,9 @@ def test_errors():
             return []
 
     with pytest.raises(EraseLabError, match="0 answers to 1 questions"):
-        get_evaluator("vqa", model=Mute()).judge([Image.new("RGB", (8, 8))], [Probe("a car", concepts=("car",))])
+        get_evaluator("vqa", model=Mute()).judge(
+            [Image.new("RGB", (8, 8))], [Probe("a car", concepts=("car",))]
+        )
 
 
 def test_offline_missing_model_is_one_clear_line(monkeypatch, tmp_path):
@@ -117,5 +119,7 @@ def test_a_real_vqa_head_model_from_a_folder(tmp_path):
     processor.save_pretrained(tmp_path)
     ev = get_evaluator("vqa", model=str(tmp_path))
     assert ev.identity()["config"]["task"] == "visual-question-answering"
-    rows = ev.judge([Image.new("RGB", (64, 48), RED)], [Probe("a red car and a blue bus", concepts=("car", "bus"))])
+    rows = ev.judge(
+        [Image.new("RGB", (64, 48), RED)], [Probe("a red car and a blue bus", concepts=("car", "bus"))]
+    )
     assert rows[0]["answers"] == {"car": "blue", "bus": "blue"}

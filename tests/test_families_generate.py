@@ -248,7 +248,8 @@ def test_flux_attention_recorder_matches_the_models_own_joint_attention(flux, tm
 
 
 def test_evaluators_take_images_of_any_size():
-    """The miniworld oracle resizes to its own input size (CLIP-style evaluators resize in their processor)."""
+    """The miniworld oracle resizes to its own input size (CLIP-style evaluators resize in their
+    processor)."""
     from PIL import Image
 
     from eraselab.evaluators.base import get_evaluator
@@ -297,7 +298,8 @@ def test_cli_generate_on_a_saved_folder(saved, family, tmp_path, capsys):
 
 
 # Slow: the SD 2 folder holds a 1024-wide text encoder (~200 MB); bench makes Flux images at the pipeline's
-# default size, 128 latent pixels (256 px on the tiny VAE, 4096 packed tokens), as diffusers' FluxPipeline does.
+# default size, 128 latent pixels (256 px on the tiny VAE, 4096 packed tokens), as diffusers' FluxPipeline
+# does.
 @pytest.mark.parametrize("family, method", [("sdxl", "negprompt"),
                                             pytest.param("flux", "uce", marks=pytest.mark.slow),
                                             pytest.param("sd2", "negprompt", marks=pytest.mark.slow)])

@@ -1,7 +1,8 @@
 """AP's default recipe against its official code, re-derived in plain torch from
-tuananhbui89/Erasing-Adversarial-Preservation@7222925bc31348c00ed0896eb3148acf2d669d7d: train_adversarial_gumbel.py
-(the loop, its DDIM rollout via ldm/models/diffusion/ddim.py with till_T, its x̂₀ with ddim_alphas[t_enc]) and
-gen_embedding_matrix.py (search_closest_tokens, my_kmean). Same tiny SD-1-shaped pipeline, same inputs."""
+tuananhbui89/Erasing-Adversarial-Preservation@7222925bc31348c00ed0896eb3148acf2d669d7d:
+train_adversarial_gumbel.py (the loop, its DDIM rollout via ldm/models/diffusion/ddim.py with till_T, its x̂₀
+with ddim_alphas[t_enc]) and gen_embedding_matrix.py (search_closest_tokens, my_kmean). Same tiny SD-1-shaped
+pipeline, same inputs."""
 import copy
 
 import numpy as np
@@ -19,9 +20,11 @@ from eraselab.methods.training import TrainingSession
 from eraselab.methods.vocabulary import candidate_concepts
 
 S, T = 50, 1000  # the reference's DDIM steps and training timesteps
-WORDS = ["cat", "dog", "car", "tree", "house", "river", "moon", "star", "bird", "fish", "chair", "table", "road",
-         "city", "music", "paint", "glass", "stone", "cloud", "fire", "snow", "horse", "apple", "bread", "light",
-         "dark", "green", "ocean", "forest", "mountain", "t-shirt", "ice cream", "x1"]
+# fmt: off
+WORDS = ["cat", "dog", "car", "tree", "house", "river", "moon", "star", "bird", "fish", "chair", "table",
+         "road", "city", "music", "paint", "glass", "stone", "cloud", "fire", "snow", "horse", "apple",
+         "bread", "light", "dark", "green", "ocean", "forest", "mountain", "t-shirt", "ice cream", "x1"]
+# fmt: on
 TARGETS = ["cat", "ocean"]
 
 
@@ -29,7 +32,7 @@ def rel(a, b):
     return float((a - b).norm() / b.norm().clamp_min(1e-30))
 
 
-# ---- the official procedure -----------------------------------------------------------------------------------
+# ---- the official procedure --------------------------------------------------------------------------------
 def encode(pipe, prompt):
     """get_learned_conditioning([prompt]): the CLIP text encoder's last hidden state, (1, 77, d)."""
     ids = pipe.tokenizer([prompt], padding="max_length", max_length=pipe.tokenizer.model_max_length,
@@ -74,7 +77,9 @@ def ddim_grid(pipe):
 
 def official_rollout(unet, pipe, cond, uncond, code, till, scale=3.0):
     """DDIMSampler.sample(..., till_T=till): the same CompVis sampler loop ESD's reference re-derives."""
-    return compvis_sample_till(unet, pipe.scheduler.alphas_cumprod.float(), S, code, cond, uncond, scale, till)
+    return compvis_sample_till(
+        unet, pipe.scheduler.alphas_cumprod.float(), S, code, cond, uncond, scale, till
+    )
 
 
 def gumbel(logits, u, tau, hard=True, k=None, eps=1e-10):
@@ -111,19 +116,23 @@ class Official:
         t = torch.tensor([t_ddpm])
         if age:
             emb_0 = emb_r.clone().detach()
-        # The reference makes five separate UNet calls; `batched` stacks the θ step's (frozen: ∅/c/c_a, trained:
-        # c/c_a) as eraselab does: the same arithmetic with the same float32 rounding.
+        # The reference makes five separate UNet calls; `batched` stacks the θ step's (frozen: ∅/c/c_a,
+        # trained: c/c_a) as eraselab does: the same arithmetic with the same float32 rounding.
         with torch.no_grad():
             if batched and theta_step:
-                e_0_org, e_n_org, e_r_org = self.orig(torch.cat([z, z, z_r]), t.expand(3), encoder_hidden_states=
-                                                      torch.cat([emb_0, emb_n, emb_r])).sample.chunk(3)
+                e_0_org, e_n_org, e_r_org = self.orig(
+                    torch.cat([z, z, z_r]),
+                    t.expand(3),
+                    encoder_hidden_states=torch.cat([emb_0, emb_n, emb_r]),
+                ).sample.chunk(3)
             else:
                 e_0_org = self.orig(z, t, encoder_hidden_states=emb_0).sample
                 e_n_org = self.orig(z, t, encoder_hidden_states=emb_n).sample
                 e_r_org = self.orig(z_r, t, encoder_hidden_states=emb_r).sample
         if batched and theta_step:
-            e_n, e_r = self.model(torch.cat([z, z_r]), t.expand(2), encoder_hidden_states=torch.cat([emb_n, emb_r])
-                                  ).sample.chunk(2)
+            e_n, e_r = self.model(
+                torch.cat([z, z_r]), t.expand(2), encoder_hidden_states=torch.cat([emb_n, emb_r])
+            ).sample.chunk(2)
         else:
             e_n = self.model(z, t, encoder_hidden_states=emb_n).sample
             e_r = self.model(z_r, t, encoder_hidden_states=emb_r).sample
@@ -146,7 +155,7 @@ class Official:
         return float(loss.detach())
 
 
-# ---- tests ----------------------------------------------------------------------------------------------------
+# ---- tests -------------------------------------------------------------------------------------------------
 def test_candidates_match_the_reference_selection(tiny_pipe_factory):
     pytest.importorskip("sklearn")
     pipe = tiny_pipe_factory(0, sd1_shapes=True)
@@ -198,8 +207,9 @@ def theta_and_search_step(pipe, method, cfg, mode="hard", top_k=1, age=False, la
             w_ref = gumbel(ref.one_hot if not theta else ref.one_hot.detach(), u.unsqueeze(0), cfg.tau,
                            hard=mode == "hard", k=top_k)
             emb_r = torch.reshape(w_ref @ matrix.flatten(1), (1, 77, -1))
-            loss_ref = ref.step(theta, z, z_r, t_enc, t_ddpm, emb_n, emb_0, emb_r, cfg.negative_guidance, lam, age,
-                                batched)
+            loss_ref = ref.step(
+                theta, z, z_r, t_enc, t_ddpm, emb_n, emb_0, emb_r, cfg.negative_guidance, lam, age, batched
+            )
             weights = concept_weights(logits if not theta else logits.detach(), cfg.tau, mode, top_k,
                                       torch.Generator().manual_seed(11 + theta))
             adv = mix(weights.detach(), enc(cands))
@@ -215,13 +225,16 @@ def theta_and_search_step(pipe, method, cfg, mode="hard", top_k=1, age=False, la
 
                 diffs["theta_grad"] = rel(flat(named[n].grad for n in session.names),
                                           flat(ref_named[n].grad for n in session.names))
-                diffs["theta_update"] = rel(flat(named[n].detach() - session.originals[n] for n in session.names),
-                                            flat(ref_named[n].detach() - session.originals[n]
-                                                 for n in session.names))
+                diffs["theta_update"] = rel(
+                    flat(named[n].detach() - session.originals[n] for n in session.names),
+                    flat(ref_named[n].detach() - session.originals[n] for n in session.names),
+                )
             else:
                 before = logits.detach().clone()
                 def objective(c):
-                    return method.search_objective(session, schedule, z, z_r, t_ddpm, t_x0, cond, uncond, cfg, c)
+                    return method.search_objective(
+                        session, schedule, z, z_r, t_ddpm, t_x0, cond, uncond, cfg, c
+                    )
 
                 _, value = search_step(logits, pi_opt, enc(cands), objective, weights)
                 diffs["search_loss"] = abs(value + loss_ref) / abs(loss_ref)
@@ -231,17 +244,22 @@ def theta_and_search_step(pipe, method, cfg, mode="hard", top_k=1, age=False, la
                 step_ref = ref.one_hot.detach()[0] - (1 / len(cands))
                 # Less the float32 resolution at 1/n that the reference's π is stored with.
                 ulp = float(torch.finfo(torch.float32).eps) * (1 / len(cands))
-                diffs["search_update"] = max(0.0, float((logits.detach() - before - step_ref).abs().max()) - ulp
-                                             ) / cfg.pi_lr
+                diffs["search_update"] = (
+                    max(0.0, float((logits.detach() - before - step_ref).abs().max()) - ulp) / cfg.pi_lr
+                )
                 if exact_too:
                     exact = type(cfg)(**{**cfg.as_dict(), "exact_search_gradient": True})
                     w = concept_weights(logits, cfg.tau, mode, top_k, torch.Generator().manual_seed(12))
                     c = mix(w, enc(cands))
-                    val = method.search_objective(session, schedule, z, z_r, t_ddpm, t_x0, cond, uncond, exact, c)
+                    val = method.search_objective(
+                        session, schedule, z, z_r, t_ddpm, t_x0, cond, uncond, exact, c
+                    )
                     (g_exact,) = torch.autograd.grad(val, [logits])
                     w = concept_weights(logits, cfg.tau, mode, top_k, torch.Generator().manual_seed(12))
                     c = mix(w, enc(cands))
-                    val = method.search_objective(session, schedule, z, z_r, t_ddpm, t_x0, cond, uncond, cfg, c)
+                    val = method.search_objective(
+                        session, schedule, z, z_r, t_ddpm, t_x0, cond, uncond, cfg, c
+                    )
                     (g_ref,) = torch.autograd.grad(val, [logits])
                     diffs["exact_vs_reference_grad"] = rel(g_exact, g_ref)
     finally:

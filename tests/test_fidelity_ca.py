@@ -5,8 +5,8 @@ collate_fn: prior examples appended after the ablation examples).
 eraselab's training run is recorded (its batches: latents, noise, timesteps, prompts; its gradients after
 clipping), then the official step is re-derived here in plain torch from those same inputs, starting from the
 original weights: parameters chosen by name as create_custom_diffusion("cross-attn") does, lr scaled as
---scale_lr does, DDPMScheduler.add_noise, one UNet pass on the (ablation + prior) prompts and a no-grad pass on
-the anchor prompts, the masked loss reduction, clip_grad_norm_ over every "attn2" parameter, AdamW.
+--scale_lr does, DDPMScheduler.add_noise, one UNet pass on the (ablation + prior) prompts and a no-grad pass
+on the anchor prompts, the masked loss reduction, clip_grad_norm_ over every "attn2" parameter, AdamW.
 """
 import copy
 
@@ -20,8 +20,15 @@ from eraselab.methods import ca as ca_module
 # The reference recipe is what is compared, on a tiny model for which preset=auto would pick miniworld.
 pytestmark = pytest.mark.filterwarnings("ignore:preset sd was tuned")
 TOL = 1e-5
-BASE = {"anchor": "cat", "preset": "sd", "iterations": 2, "anchor_images": 4, "sample_steps": 2, "batch_size": 2,
-        "progress": False}
+BASE = {
+    "anchor": "cat",
+    "preset": "sd",
+    "iterations": 2,
+    "anchor_images": 4,
+    "sample_steps": 2,
+    "batch_size": 2,
+    "progress": False,
+}
 # eraselab's formulation before the recipes (see the CA module docstring).
 OLD_DEFAULT = {"objective": "noise-based", "prior_loss_weight": 1.0, "prior_same_noise": True,
                "anchor_captions": "bare", "scale_lr": False, "weight_decay": 0.0, "max_grad_norm": 0.0,
@@ -76,8 +83,9 @@ def official_steps(pipe, batches, objective: str, prior_loss_weight: float, lr=2
     if with_prior:
         lr = lr * 2.0
     trained = [(n, p) for n, p in unet.named_parameters() if "attn2.to_k" in n or "attn2.to_v" in n]
-    optimizer = torch.optim.AdamW([p for _, p in trained], lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay,
-                                  eps=1e-8)
+    optimizer = torch.optim.AdamW(
+        [p for _, p in trained], lr=lr, betas=(0.9, 0.999), weight_decay=weight_decay, eps=1e-8
+    )
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     tok = pipe.tokenizer
 
@@ -156,7 +164,9 @@ def raw_losses(monkeypatch):
     finish = ca_module.CASession.finish
 
     def keep(self, method, config, targets, preserved, extras=None):
-        return finish(self, method, config, targets, preserved, {**(extras or {}), "loss_curve_raw": self.losses})
+        return finish(
+            self, method, config, targets, preserved, {**(extras or {}), "loss_curve_raw": self.losses}
+        )
 
     monkeypatch.setattr(ca_module.CASession, "finish", keep)
 

@@ -11,10 +11,10 @@ Re-derived here in plain torch from the official files, independently of erasela
   src/cfr_lora_training.py (DDPMScheduler.add_noise, loss = Σ ‖·‖, clip_grad_norm_ 1, AdamW wd 1e-2);
 - stage 3, src/fuse_lora_close_form.py: each LoRA fused at scale 1, every token of the target's prompts,
   W = (λW₁ + ΣW_i C Cᵀ + s_f·cache₁)(λI + ΣCCᵀ + s_f·cache₂)⁻¹.
-eraselab's run is recorded (its LoRA initialisation, its batches: latent sample, noise, timestep, prompt, mask;
-its losses and clipped gradients) and the official computation is replayed on the same inputs. The closed forms
-are compared in float64 on both sides (the official code inverts in float32, which alone differs by more than
-the tolerance on SD-sized matrices).
+eraselab's run is recorded (its LoRA initialisation, its batches: latent sample, noise, timestep, prompt,
+mask; its losses and clipped gradients) and the official computation is replayed on the same inputs. The
+closed forms are compared in float64 on both sides (the official code inverts in float32, which alone differs
+by more than the tolerance on SD-sized matrices).
 """
 import copy
 
@@ -55,7 +55,9 @@ def find_matching_indices(old, new):
             break
         eo -= 1
         en -= 1
-    return list(range(start)) + list(range(eo + 1, len(old))), list(range(start)) + list(range(en + 1, len(new)))
+    return list(range(start)) + list(range(eo + 1, len(old))), list(range(start)) + list(
+        range(en + 1, len(new))
+    )
 
 
 def extended_indices(tokenizer, old_text, new_text):
@@ -125,7 +127,9 @@ def official_fusion(pipe, refined, base, loras, target_prompts, lamb, fuse_scale
 
 
 def concept_positions(tokenizer, prompt, concept):
-    ids = tokenizer(prompt, truncation=True, padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    ids = tokenizer(
+        prompt, truncation=True, padding="max_length", max_length=tokenizer.model_max_length
+    ).input_ids
     concept_ids = tokenizer(concept, add_special_tokens=False).input_ids
     pooler = tokenizer("<|endoftext|>", add_special_tokens=False).input_ids[0]
     pos = [0] * tokenizer.model_max_length
@@ -147,8 +151,9 @@ class OfficialLoRAProcessor:
         batch = hidden_states.shape[0]
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         (kd, ku), (vd, vu) = self.lora
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states) + F.linear(F.linear(encoder_hidden_states, kd),
-                                                                                 ku))
+        key = attn.head_to_batch_dim(
+            attn.to_k(encoder_hidden_states) + F.linear(F.linear(encoder_hidden_states, kd), ku)
+        )
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states)
                                        + F.linear(F.linear(encoder_hidden_states, vd), vu))
         probs = attn.get_attention_scores(query, key, None)
@@ -200,7 +205,9 @@ def official_lora_training(pipe, refined, init, batches, words, lr, weight_decay
         for name in unet.attn_processors:
             layer = name[:-len(".processor")]
             if layer.endswith("attn2"):
-                lora = tuple((params[f"{layer}.{p}.down"], params[f"{layer}.{p}.up"]) for p in ("to_k", "to_v"))
+                lora = tuple(
+                    (params[f"{layer}.{p}.down"], params[f"{layer}.{p}.up"]) for p in ("to_k", "to_v")
+                )
                 procs[name] = OfficialLoRAProcessor(lora, controller)
             else:
                 procs[name] = unet.attn_processors[name]
@@ -222,7 +229,7 @@ def official_lora_training(pipe, refined, init, batches, words, lr, weight_decay
     return losses, grads, {k: v.detach() for k, v in params.items()}
 
 
-# ---- eraselab's run, recorded --------------------------------------------------------------------------------
+# ---- eraselab's run, recorded ------------------------------------------------------------------------------
 def run_eraselab(pipe, targets, **config):
     rec = {"init": [], "batches": [], "losses": [], "grads": [], "fuse": None}
     init, draw, step, fuse = mace_module.init_lora, mace_module.MACE.draw, mace_module.LoRATrainer.step, \
@@ -266,15 +273,26 @@ def prompts_of(concept):
     return [t.format(concept) for t in mace_module.OBJECT_TEMPLATES[:PROMPTS]]
 
 
-# ---- tests ------------------------------------------------------------------------------------------------------
+# ---- tests -------------------------------------------------------------------------------------------------
 def test_prompt_templates_are_the_official_ones():
     t = mace_module.OBJECT_TEMPLATES
-    assert len(t) == 31 and t[0] == "{} in a photo" and t[9] == "A photo of {}" and t[-1] == "{} in a sketch painting"
+    assert (
+        len(t) == 31
+        and t[0] == "{} in a photo"
+        and t[9] == "A photo of {}"
+        and t[-1] == "{} in a sketch painting"
+    )
     assert mace_module.STYLE_TEMPLATES[0] == "An artwork by {}" and len(mace_module.STYLE_TEMPLATES) == 31
 
 
-@pytest.mark.parametrize("old,new", [("A photo of ship", "A photo of ground"), ("ship in a photo", " in a photo"),
-                                     ("A photo of a cruise ship", "A photo of sky")])
+@pytest.mark.parametrize(
+    "old,new",
+    [
+        ("A photo of ship", "A photo of ground"),
+        ("ship in a photo", " in a photo"),
+        ("A photo of a cruise ship", "A photo of sky"),
+    ],
+)
 def test_token_alignment_matches_find_matching_indices(old, new):
     from eraselab.models import clip_tokenizer
 
@@ -315,7 +333,9 @@ def test_attention_loss_and_gradient_match_official_on_one_concept(tiny_pipe_fac
     for n in base:
         assert rel(rec["fuse"]["refined"][f"unet.{n}.weight"], refined[n]) <= TOL
     assert all(b.mask is not None and 0 < b.mask.mean() < 1 for b in rec["batches"])
-    losses, grads, final = official_lora_training(pipe, refined, rec["init"][0], rec["batches"], "cat", lr=1e-2)
+    losses, grads, final = official_lora_training(
+        pipe, refined, rec["init"][0], rec["batches"], "cat", lr=1e-2
+    )
     assert rel(rec["losses"], losses) <= TOL
     for ours, theirs in zip(rec["grads"], grads):
         assert rel(torch.cat([ours[k].flatten() for k in sorted(ours)]),

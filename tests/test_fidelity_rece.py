@@ -1,11 +1,11 @@
 """RECE equals its official code, re-derived here independently on a tiny SD-1-shaped pipeline.
 
-CharlesGong12/RECE@403a67fd86dce6c124b88798340e001e625b28c9: train.py (recipe "nudity", with scripts/nudity.sh's
-settings: close_regzero, regular_scale 0.1, lamb 0.1, preserve_scale 0.1, erase_scale 1) and train_object.py
-(recipe "object": retains [''] + preserved concepts, regular_scale 1e-3), each epoch computing the adversarial
-embedding with utils/embedding_calculation/close_form_emb.py `close_form_emb_regzero` and re-editing with
-erase_methods/uce.py `edit_model_adversarial`. The start is the UCE checkpoint train_erase.py writes (float32),
-re-derived by tests/test_fidelity_uce.py's `paper_edit`.
+CharlesGong12/RECE@403a67fd86dce6c124b88798340e001e625b28c9: train.py (recipe "nudity", with
+scripts/nudity.sh's settings: close_regzero, regular_scale 0.1, lamb 0.1, preserve_scale 0.1, erase_scale 1)
+and train_object.py (recipe "object": retains [''] + preserved concepts, regular_scale 1e-3), each epoch
+computing the adversarial embedding with utils/embedding_calculation/close_form_emb.py
+`close_form_emb_regzero` and re-editing with erase_methods/uce.py `edit_model_adversarial`. The start is the
+UCE checkpoint train_erase.py writes (float32), re-derived by tests/test_fidelity_uce.py's `paper_edit`.
 
 The references follow the scripts' procedure in float64 (their layer lists, their mat1/mat2, torch.inverse).
 The epoch selection by a detector on generated images is not part of the closed form: these tests take the
@@ -40,7 +40,8 @@ def edit_model_adversarial(current, names, old_embeddings, new_embeddings, retai
 
 
 def official_rece(pipe, concepts, guide, preserve, epochs, script="train.py"):
-    """The UCE checkpoint, then `epochs` epochs of train.py / train_object.py; returns every epoch's weights."""
+    """The UCE checkpoint, then `epochs` epochs of train.py / train_object.py; returns every epoch's
+    weights."""
     names = projection_names(pipe)
     params = dict(pipe.unet.named_parameters())
     base = {n: params[n[len("unet."):]].detach().double() for n in names}
@@ -62,8 +63,9 @@ def official_rece(pipe, concepts, guide, preserve, epochs, script="train.py"):
             new_list.append(encode(pipe, [new_text])[0][0])  # all 77 rows of the guide
             concept_embedding = encode(pipe, [concept])[0][0]
             adv_list.append(close_form_emb_regzero(current, base, names, concept_embedding, regular_scale))
-        current = edit_model_adversarial(current, names, adv_list, new_list, retained, lamb=0.1, erase_scale=1.0,
-                                         preserve_scale=0.1)
+        current = edit_model_adversarial(
+            current, names, adv_list, new_list, retained, lamb=0.1, erase_scale=1.0, preserve_scale=0.1
+        )
         history.append(current)
     return history
 
@@ -107,12 +109,26 @@ def test_object_recipe_equals_train_object_py(pipe, object_reference):
 
 
 def test_old_default_differs_measurably(pipe, object_reference):
-    """eraselab's former RECE (target rows kept in every re-edit, UCE's λ 0.5 / s_p 1, last-word rows, λ_c 1e-3,
-    no '' retained) is far from the official edit, so the comparisons above can fail."""
-    old = eraselab.erase(pipe, "rece", ["circle"], ["star"], preset="sd", epochs=1, embedding_lam=1e-3,
-                         preserve_tokens="last_to_end", retain_empty=False, preserve_scale=1.0, reedit_lam=0.5,
-                         reedit_preserve_scale=1.0, reedit_tokens="last_to_end", reedit_retain="same_as_uce",
-                         keep_targets=True, select_epoch="last")
+    """eraselab's former RECE (target rows kept in every re-edit, UCE's λ 0.5 / s_p 1, last-word rows, λ_c
+    1e-3, no '' retained) is far from the official edit, so the comparisons above can fail."""
+    old = eraselab.erase(
+        pipe,
+        "rece",
+        ["circle"],
+        ["star"],
+        preset="sd",
+        epochs=1,
+        embedding_lam=1e-3,
+        preserve_tokens="last_to_end",
+        retain_empty=False,
+        preserve_scale=1.0,
+        reedit_lam=0.5,
+        reedit_preserve_scale=1.0,
+        reedit_tokens="last_to_end",
+        reedit_retain="same_as_uce",
+        keep_targets=True,
+        select_epoch="last",
+    )
     difference = delta_difference(old.tensors, object_reference, pipe)
     print(f"ΔW of the old default vs train_object.py: {difference:.3f}")
     assert difference > 1e3 * TOL

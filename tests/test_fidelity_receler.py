@@ -58,8 +58,12 @@ class AttentionWithEraser(nn.Module):
         self.use_eraser = True
 
     def forward(self, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        out = self.attn(hidden_states, encoder_hidden_states=encoder_hidden_states, attention_mask=attention_mask,
-                        **kwargs)
+        out = self.attn(
+            hidden_states,
+            encoder_hidden_states=encoder_hidden_states,
+            attention_mask=attention_mask,
+            **kwargs,
+        )
         if self.record.get("maps") is not None:
             self.record["maps"][self.name] = ldm_attention_probs(self.attn, hidden_states,
                                                                  encoder_hidden_states).detach()
@@ -166,7 +170,9 @@ def official_step(pipe, training, cfg, state, adversarial, adv_opt_state, fixed:
                 count += 1
                 flip_mask = (~attn_masks[name].unsqueeze(1).bool()).float()
                 w = flip_mask.shape[2]
-                e_out = e_out.view(e_out.shape[0], w, -1, e_out.shape[-1]).permute(0, 3, 1, 2)  # b (w h) d → b d w h
+                e_out = e_out.view(e_out.shape[0], w, -1, e_out.shape[-1]).permute(
+                    0, 3, 1, 2
+                )  # b (w h) d → b d w h
                 loss_reg = loss_reg + ((e_out * flip_mask) ** 2).mean(1).sum() / (flip_mask.sum() + 1e-9)
             loss_total = loss_total + cfg.concept_reg_weight * (loss_reg / count)
             loss_total.backward()
@@ -179,23 +185,39 @@ def official_step(pipe, training, cfg, state, adversarial, adv_opt_state, fixed:
 @pytest.mark.parametrize("insert", [False, True])
 def test_receler_step_matches_official(tiny_pipe_factory, insert):
     pipe = tiny_pipe_factory(0)
-    cfg = ReceLerConfig.build({"ddim_steps": STEPS, "eraser_rank": 8, "mask_map_size": MASK_RES,
-                               "adversarial_iterations": 2, "adversarial_prompts": 4, "insert_adversarial": insert,
-                               "seed": 3}, pipe, "receler")
+    cfg = ReceLerConfig.build(
+        {
+            "ddim_steps": STEPS,
+            "eraser_rank": 8,
+            "mask_map_size": MASK_RES,
+            "adversarial_iterations": 2,
+            "adversarial_prompts": 4,
+            "insert_adversarial": insert,
+            "seed": 3,
+        },
+        pipe,
+        "receler",
+    )
     training = ReceLerTraining(pipe, ["circle"], cfg)
     try:
         training.iteration()  # a real step first (the Adam states move) ...
         with torch.no_grad():  # ... then erasers well away from zero, so every gradient is far above rounding
             for e in training.erasers.values():
-                e.up.weight.add_(0.2 * torch.randn(e.up.weight.shape, generator=torch.Generator().manual_seed(5)))
+                e.up.weight.add_(
+                    0.2 * torch.randn(e.up.weight.shape, generator=torch.Generator().manual_seed(5))
+                )
         state = training.generator.get_state()
         adversarial = training.adversarial["circle"].detach().clone()
         adv_state = copy.deepcopy(training.adversarial_opts["circle"].state_dict())
         training.optimizer.zero_grad(set_to_none=True)
         loss = training.step_loss()
         loss.backward()
-        ours = {f"{site}.{n}": p.grad for site, e in training.erasers.items() for n, p in e.named_parameters()}
-        theirs_loss, theirs, theirs_adv = official_step(pipe, training, cfg, state, adversarial, adv_state, insert)
+        ours = {
+            f"{site}.{n}": p.grad for site, e in training.erasers.items() for n, p in e.named_parameters()
+        }
+        theirs_loss, theirs, theirs_adv = official_step(
+            pipe, training, cfg, state, adversarial, adv_state, insert
+        )
         assert abs(float(loss.detach()) - theirs_loss) <= TOL * abs(theirs_loss)
         assert set(ours) == set(theirs)
         for name, grad in theirs.items():

@@ -8,8 +8,15 @@ import eraselab
 from eraselab.methods.sld import STRENGTHS, SafeLatentGuidance
 
 
-def reference_steps(preds, guidance_scale, sld_guidance_scale, sld_warmup_steps, sld_threshold, sld_momentum_scale,
-                    sld_mom_beta):
+def reference_steps(
+    preds,
+    guidance_scale,
+    sld_guidance_scale,
+    sld_warmup_steps,
+    sld_threshold,
+    sld_momentum_scale,
+    sld_mom_beta,
+):
     """The denoising loop's guidance of StableDiffusionPipelineSafe.__call__ for a list of per-step
     (uncond, text, safety-concept) predictions; returns the noise_pred handed to scheduler.step each step."""
     do_cfg = guidance_scale > 1.0

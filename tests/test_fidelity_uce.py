@@ -4,12 +4,13 @@
 train-scripts/train_erase.py (`edit_model` with the script's __main__ settings: bare concepts, guide '' → ' ',
 retained [''] + preserved concepts, preserve_scale max(0.1, 1/len(retain)), lamb 0.5, erase_scale 1,
 technique 'replace', to_k and to_v).
-"current": the same repository @28c81ed5a3e41277c1a0dc55f738e7ab188e9718, trainscripts/uce_sd_erase.py (`UCE`).
+"current": the same repository @28c81ed5a3e41277c1a0dc55f738e7ab188e9718, trainscripts/uce_sd_erase.py
+(`UCE`).
 
 The references below follow those scripts' own procedure: their loop over cross-attention layers (collected as
-the scripts collect them), their tokenisation and token slicing, the per-row outer products summed into mat1/mat2,
-and W_new = mat1 @ torch.inverse(mat2) — in float64, so that the comparison measures the method, not float32
-rounding. They use neither eraselab's text encoding nor its solve.
+the scripts collect them), their tokenisation and token slicing, the per-row outer products summed into
+mat1/mat2, and W_new = mat1 @ torch.inverse(mat2) — in float64, so that the comparison measures the method,
+not float32 rounding. They use neither eraselab's text encoding nor its solve.
 """
 import pytest
 import torch
@@ -43,8 +44,13 @@ def projection_names(pipe):
 
 
 def tokenize(pipe, texts):
-    return pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True,
-                          return_tensors="pt")
+    return pipe.tokenizer(
+        texts,
+        padding="max_length",
+        max_length=pipe.tokenizer.model_max_length,
+        truncation=True,
+        return_tensors="pt",
+    )
 
 
 @torch.no_grad()
@@ -55,7 +61,8 @@ def encode(pipe, texts):
 
 def outer_sums(values, contexts):
     """Σ_rows v cᵀ and Σ_rows c cᵀ over the token rows. The scripts stack the per-row outer products and sum
-    them; written as Vᵀ C and Cᵀ C it is the same sum without the (rows × d × d) intermediate (363 MB here)."""
+    them; written as Vᵀ C and Cᵀ C it is the same sum without the (rows × d × d) intermediate (363 MB
+    here)."""
     return values.T @ contexts, contexts.T @ contexts
 
 
@@ -69,8 +76,8 @@ def paper_edit(pipe, concepts, guides, preserve, lamb=0.5, erase_scale=1.0, pres
     weights = dict(pipe.unet.named_parameters())
     old = [weights[n[len("unet."):]].detach().double() for n in names]
     # edit_model re-encodes every text inside its layer loop and computes every layer's values, keeping
-    # values[layer_num] (still W_old: that layer is replaced after its own solve); the encoder is deterministic,
-    # so encoding once and computing only that layer's values gives the same numbers.
+    # values[layer_num] (still W_old: that layer is replaced after its own solve); the encoder is
+    # deterministic, so encoding once and computing only that layer's values gives the same numbers.
     erase_pairs = []
     for old_text, new_text in zip(concepts, new_texts):
         emb, mask = encode(pipe, [old_text, new_text])
@@ -145,7 +152,9 @@ def worst(edit, reference, pipe) -> tuple[float, float]:
     base = original(pipe)
     assert set(edit.tensors) == set(reference)
     w = max(float((edit.tensors[n].double() - r).norm() / r.norm()) for n, r in reference.items())
-    dw = max(float((edit.tensors[n].double() - r).norm() / (r - base[n]).norm()) for n, r in reference.items())
+    dw = max(
+        float((edit.tensors[n].double() - r).norm() / (r - base[n]).norm()) for n, r in reference.items()
+    )
     return w, dw
 
 
@@ -183,14 +192,17 @@ def test_current_recipe_equals_uce_sd_erase(pipe, targets, guide, preserve):
 
 
 def test_old_default_and_the_other_recipe_differ_measurably(pipe):
-    """The comparison can fail: eraselab's former default (rows last word → end for the preserved concepts too,
-    no '' retained, s_p 1) and the "current" recipe are far from train_erase.py's edit."""
+    """The comparison can fail: eraselab's former default (rows last word → end for the preserved concepts
+    too, no '' retained, s_p 1) and the "current" recipe are far from train_erase.py's edit."""
     targets, preserve = ["circle"], ["star"]
     reference = paper_edit(pipe, targets, [""], preserve)
     old = eraselab.erase(pipe, "uce", targets, preserve, preset="sd", preserve_tokens="last_to_end",
                          retain_empty=False, preserve_scale=1.0)
     current = eraselab.erase(pipe, "uce", targets, preserve, recipe="current", preset="sd")
-    d_old, d_cur = delta_difference(old.tensors, reference, pipe), delta_difference(current.tensors, reference, pipe)
+    d_old, d_cur = (
+        delta_difference(old.tensors, reference, pipe),
+        delta_difference(current.tensors, reference, pipe),
+    )
     print(f"ΔW vs train_erase.py: old eraselab default {d_old:.3f}, current recipe {d_cur:.3f}")
     assert d_old > 1e3 * TOL and d_cur > 1e3 * TOL
 
@@ -200,10 +212,15 @@ def test_preserve_scale_auto_and_bad_values(pipe):
 
     edit = eraselab.erase(pipe, "uce", ["circle"], ["star", "heart", "arrow"], preset="sd")
     assert edit.extras["preserve_scale"] == 0.25  # max(0.1, 1/len(['', star, heart, arrow]))
-    edit = eraselab.erase(pipe, "uce", ["circle"], ["star"], recipe="current", preserve_scale="auto", preset="sd")
+    edit = eraselab.erase(
+        pipe, "uce", ["circle"], ["star"], recipe="current", preserve_scale="auto", preset="sd"
+    )
     assert edit.config["preserve_scale"] == -1.0 and edit.extras["preserve_scale"] == 1.0
-    for bad, message in [(-0.5, "preserve_scale must be zero or positive, or auto"),
-                         ("lots", "preserve_scale must be float"), ("every", "preserve_tokens must be one of")]:
+    for bad, message in [
+        (-0.5, "preserve_scale must be zero or positive, or auto"),
+        ("lots", "preserve_scale must be float"),
+        ("every", "preserve_tokens must be one of"),
+    ]:
         key = "preserve_tokens" if bad == "every" else "preserve_scale"
         with pytest.raises(EraseLabError, match=message):
             eraselab.erase(pipe, "uce", ["circle"], **{key: bad})

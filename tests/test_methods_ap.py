@@ -11,8 +11,8 @@ from eraselab.models import compute_fingerprint
 
 
 def test_kmeans_pp_1d_matches_sklearn():
-    """The reference calls sklearn's KMeans(n_clusters, random_state=0); our re-implementation must give the same
-    centres in the same order (sklearn ≥ 1.4: n_init 1 for k-means++; 10 = older versions' default)."""
+    """The reference calls sklearn's KMeans(n_clusters, random_state=0); our re-implementation must give the
+    same centres in the same order (sklearn ≥ 1.4: n_init 1 for k-means++; 10 = older versions' default)."""
     sklearn = pytest.importorskip("sklearn.cluster")
     for seed, (n, k) in enumerate([(1000, 100), (100, 20), (50, 10), (300, 30)]):
         x = -np.abs(np.random.RandomState(seed).randn(n) * 3 + 20).astype(np.float32).astype(np.float64)
@@ -49,7 +49,8 @@ def test_candidates_are_k_closest_then_one_per_cluster_with_the_target_kept():
     words = list(dist) + ["target"]
     names, emb, got_dist = candidate_concepts(enc, "target", words, k_closest=9, num_centers=4)
     # The target is its own nearest word and stays; "two words" and "x2" hold characters outside a-z (special
-    # tokens); outer* are not among the 9 closest; k-means++ (random_state 0) finds the target and three clusters.
+    # tokens); outer* are not among the 9 closest; k-means++ (random_state 0) finds the target and three
+    # clusters.
     assert names == ["middle", "close", "distant", "target"], names
     assert got_dist[names.index("target")] == pytest.approx(0.0, abs=1e-3)
     assert torch.equal(emb, enc(names))
@@ -108,8 +109,9 @@ def test_end_to_end_on_a_tiny_model(tiny_pipe_factory, tmp_path, method, extra):
     assert len(edit.extras["loss_curve"]) == 3 and len(edit.extras["search_loss_curve"]) == 3
 
 
-def test_a_second_search_on_the_same_model_reads_the_vocabulary_encodings_from_the_cache(tiny_pipe_factory,
-                                                                                        monkeypatch, tmp_path):
+def test_a_second_search_on_the_same_model_reads_the_vocabulary_encodings_from_the_cache(
+    tiny_pipe_factory, monkeypatch, tmp_path
+):
     from eraselab.methods.text import PromptEncoder
     from eraselab.methods.vocabulary import candidate_concepts, en3k
 

@@ -1,4 +1,5 @@
-"""Effect of each method on the miniworld model, judged by the miniworld oracle (slow; needs the shipped weights).
+"""Effect of each method on the miniworld model, judged by the miniworld oracle (slow; needs the shipped
+weights).
 
 Erasing "circle" must drop the oracle's circle rate on "a circle" prompts to ≤ 20 % of the original model's
 (≤ 50 % for the negative prompt), while the star rate on "a star" prompts stays ≥ 80 % of the original's.
@@ -14,13 +15,17 @@ pytestmark = pytest.mark.slow
 N = 48  # seeds per prompt
 # Known failure: the negative prompt, given the target as its own prompt ("a circle" negating "a circle"), is
 # exactly sampling without guidance (tests/test_generate.py::
-# test_negative_prompt_equal_to_the_prompt_is_unguided_conditional_sampling), and the miniworld model draws circles
-# at guidance 1 at 86 % of its guided rate (0.73 vs 0.85, 48 seeds; benchmarks/RESULTS.md), so ≤ 50 % is out of
-# this method's reach here. Not strict: a model whose unguided samples draw the target less shows as XPASS.
-KNOWN_SHORT = {"negprompt": "negating the prompt itself is unguided sampling, which keeps ~85 % of circles on "
-                            "miniworld"}
-METHODS = [pytest.param(m, marks=pytest.mark.xfail(reason=KNOWN_SHORT[m], strict=False)) if m in KNOWN_SHORT
-           else m for m in ["esd-x", "esd-u", "esd-x-strict", "uce", "rece", "ap", "age", "ca", "negprompt", "sld"]]
+# test_negative_prompt_equal_to_the_prompt_is_unguided_conditional_sampling), and the miniworld model draws
+# circles at guidance 1 at 86 % of its guided rate (0.73 vs 0.85, 48 seeds; benchmarks/RESULTS.md), so ≤ 50 %
+# is out of this method's reach here. Not strict: a model whose unguided samples draw the target less shows as
+# XPASS.
+KNOWN_SHORT = {
+    "negprompt": "negating the prompt itself is unguided sampling, which keeps ~85 % of circles on miniworld"
+}
+METHODS = [
+    pytest.param(m, marks=pytest.mark.xfail(reason=KNOWN_SHORT[m], strict=False)) if m in KNOWN_SHORT else m
+    for m in ["esd-x", "esd-u", "esd-x-strict", "uce", "rece", "ap", "age", "ca", "negprompt", "sld"]
+]
 
 
 def _assets_missing() -> str | None:
@@ -81,14 +86,18 @@ def test_negative_prompt_on_miniworld_draws_what_unguided_sampling_draws(world):
     circle rate of sampling at guidance 1."""
     pipe, store, oracle, base = world
     edit = eraselab.erase(pipe, "negprompt", ["circle"], progress=False)
-    negated, unguided = rate(pipe, store, oracle, "circle", edit), rate(pipe, store, oracle, "circle", None, 1.0)
+    negated, unguided = (
+        rate(pipe, store, oracle, "circle", edit),
+        rate(pipe, store, oracle, "circle", None, 1.0),
+    )
     print(f"negprompt {negated:.2f}, guidance 1 {unguided:.2f}, guided {base['circle']:.2f}")
     assert negated == unguided < base["circle"]
 
 
-# Known side effect of the shipped model: its text encoder puts "a hexagon" next to "a circle" (cosine 0.925 of
-# the full encoder outputs, the nearest class), so erasing circle also erases hexagons, by every method tried
-# (benchmarks/RESULTS.md, "What erasing circle takes with it"). Not strict: a model that separates the two XPASSes.
+# Known side effect of the shipped model: its text encoder puts "a hexagon" next to "a circle" (cosine 0.925
+# of the full encoder outputs, the nearest class), so erasing circle also erases hexagons, by every method
+# tried (benchmarks/RESULTS.md, "What erasing circle takes with it"). Not strict: a model that separates the
+# two XPASSes.
 @pytest.mark.xfail(reason="the shipped model's text encoder entangles circle and hexagon", strict=False)
 @pytest.mark.parametrize("method", ["esd-x", "uce"])
 def test_erasing_circle_keeps_hexagons(world, method):

@@ -47,7 +47,9 @@ def test_training_uses_the_target_formula(tiny_pipe_factory, monkeypatch, eta):
     monkeypatch.setattr(esd_module, "rollout", rollout)
     monkeypatch.setattr(esd_module.F, "mse_loss", mse)
     monkeypatch.setattr(NoiseSchedule, "sample_step_and_timestep", sample)
-    eraselab.erase(pipe, "esd-x", ["circle"], iterations=1, ddim_steps=5, negative_guidance=eta, progress=False)
+    eraselab.erase(
+        pipe, "esd-x", ["circle"], iterations=1, ddim_steps=5, negative_guidance=eta, progress=False
+    )
     tok = pipe.tokenizer(["", "circle"], padding="max_length", max_length=77, return_tensors="pt")
     with torch.no_grad():  # the pipe is back to the original weights, i.e. θ*
         u, c = pipe.text_encoder(tok.input_ids)[0]
@@ -60,7 +62,9 @@ def test_training_uses_the_target_formula(tiny_pipe_factory, monkeypatch, eta):
 def test_only_the_intended_parameter_group_changes(tiny_pipe_factory, method, group):
     pipe = tiny_pipe_factory(0)
     fp = compute_fingerprint(pipe)
-    edit = eraselab.erase(pipe, method, ["circle", "star"], iterations=2, ddim_steps=4, lr=1e-3, progress=False)
+    edit = eraselab.erase(
+        pipe, method, ["circle", "star"], iterations=2, ddim_steps=4, lr=1e-3, progress=False
+    )
     expected = {f"unet.{n}" for n, _ in pipe.unet.named_parameters() if in_group(n, group)}
     assert set(edit.tensors) == expected
     if group == "x-strict":
@@ -76,13 +80,21 @@ def test_only_the_intended_parameter_group_changes(tiny_pipe_factory, method, gr
 
 @torch.no_grad()
 def rolled_out_latents(pipe, seed: int):
-    """The "" and "circle" embeddings, and two latents rolled out (CFG 3) to each step of a 5-step DDIM schedule."""
+    """The "" and "circle" embeddings, and two latents rolled out (CFG 3) to each step of a 5-step DDIM
+    schedule."""
     schedule = NoiseSchedule.from_pipe(pipe, 5)
     tok = pipe.tokenizer(["", "circle"], padding="max_length", max_length=77, return_tensors="pt")
     u, c = pipe.text_encoder(tok.input_ids)[0]
     g = torch.Generator().manual_seed(seed)
-    points = [(ddim_rollout(pipe.unet, schedule, torch.randn(latent_shape(pipe, 2), generator=g), c, u, stop, 3.0),
-               int(schedule.timesteps[stop])) for stop in range(5)]
+    points = [
+        (
+            ddim_rollout(
+                pipe.unet, schedule, torch.randn(latent_shape(pipe, 2), generator=g), c, u, stop, 3.0
+            ),
+            int(schedule.timesteps[stop]),
+        )
+        for stop in range(5)
+    ]
     return u, c, points
 
 
@@ -98,8 +110,10 @@ def test_training_lowers_the_esd_loss(tiny_pipe_factory):
 
     def held_out_loss():
         with torch.no_grad():
-            return sum(float(F.mse_loss(pipe.unet(z, t, encoder_hidden_states=c.expand(2, -1, -1)).sample, target))
-                       for z, t, target in batches)
+            return sum(
+                float(F.mse_loss(pipe.unet(z, t, encoder_hidden_states=c.expand(2, -1, -1)).sample, target))
+                for z, t, target in batches
+            )
 
     before = held_out_loss()
     edit = eraselab.erase(pipe, "esd-x", ["circle"], iterations=40, ddim_steps=5, lr=1e-4, progress=False)
@@ -114,8 +128,8 @@ def test_training_lowers_the_esd_loss(tiny_pipe_factory):
 
 
 def test_anchor_unconditional_keeps_the_unconditional_prediction(tiny_pipe_factory):
-    """The anchor term (λ‖ε_θ(∅) − ε*(∅)‖²) must hold ε(∅) nearer the original than the paper's loss does, while
-    the conditional prediction still moves."""
+    """The anchor term (λ‖ε_θ(∅) − ε*(∅)‖²) must hold ε(∅) nearer the original than the paper's loss does,
+    while the conditional prediction still moves."""
     pipe = tiny_pipe_factory(0)
     u, c, points = rolled_out_latents(pipe, 5)
 

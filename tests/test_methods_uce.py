@@ -1,4 +1,6 @@
-"""UCE and RECE: the closed form against an independent least-squares solve, its limits, and its bookkeeping."""
+"""UCE and RECE: the closed form against an independent least-squares solve, its limits, and its
+bookkeeping."""
+
 import pytest
 import torch
 
@@ -40,7 +42,8 @@ def test_uce_equals_stacked_least_squares(tiny_pipe_factory, lam, s_e, s_p):
     cp = torch.cat([encode_independently(pipe, p)[0] for p in ["", *preserve]])
     d = ce.shape[1]
     for name, w_old in kv_weights(pipe).items():
-        # min s_e‖W ce − W_old cg‖² + s_p‖W cp − W_old cp‖² + λ‖W − W_old‖²  as one stacked least squares in Wᵀ.
+        # min s_e‖W ce − W_old cg‖² + s_p‖W cp − W_old cp‖² + λ‖W − W_old‖²  as one stacked least squares in
+        # Wᵀ.
         a = torch.cat([s_e ** 0.5 * ce, s_p ** 0.5 * cp, lam ** 0.5 * torch.eye(d, dtype=torch.float64)])
         b = torch.cat([s_e ** 0.5 * cg @ w_old.T, s_p ** 0.5 * cp @ w_old.T, lam ** 0.5 * w_old.T])
         expected = torch.linalg.lstsq(a, b).solution.T
@@ -73,8 +76,15 @@ def test_preserved_outputs_hold_as_preserve_scale_grows(tiny_pipe_factory):
     for s_p in (0.1, 1.0, 10.0, 1000.0):
         # The preserved concepts' rows last word → end only: their 77-row versions, with '', span the whole
         # 32-wide text space of this pipe and leave the target no room.
-        edit = eraselab.erase(pipe, "uce", ["circle"], preserve, preserve_scale=s_p, preserve_tokens="last_to_end",
-                              retain_empty=False)
+        edit = eraselab.erase(
+            pipe,
+            "uce",
+            ["circle"],
+            preserve,
+            preserve_scale=s_p,
+            preserve_tokens="last_to_end",
+            retain_empty=False,
+        )
         worst = 0.0
         for p in preserve:
             h, i = encode_independently(pipe, p)
@@ -104,8 +114,8 @@ def test_one_text_encoder_pass_per_distinct_prompt(tiny_pipe_factory):
         eraselab.erase(pipe, "uce", ["circle", "star"], ["square", "heart"], check=True, check_prompts=10)
     finally:
         handle.remove()
-    # targets, the guide "" (also the retained ''), preserved concepts and 10 probe words: 15 distinct prompts,
-    # each encoded once.
+    # targets, the guide "" (also the retained ''), preserved concepts and 10 probe words: 15 distinct
+    # prompts, each encoded once.
     assert sum(seen) == 2 + 1 + 2 + 10
 
 
@@ -119,7 +129,10 @@ def test_collapsing_edit_is_refused(tiny_pipe_factory):
     edit = eraselab.erase(pipe, "uce", ["circle"], check=True)  # an ordinary edit passes the same check
     assert edit.extras["collapse_check"]["min_diversity"] > 0.2
     # The check is eraselab's own and off in the reference recipes: the same collapsing edit goes through.
-    assert "collapse_check" not in eraselab.erase(pipe, "uce", many, erase_scale=1e4, lam=0.01, tokens="last").extras
+    assert (
+        "collapse_check"
+        not in eraselab.erase(pipe, "uce", many, erase_scale=1e4, lam=0.01, tokens="last").extras
+    )
 
 
 def test_rece_embedding_solves_its_normal_equations():
@@ -136,7 +149,10 @@ def test_rece_embedding_solves_its_normal_equations():
     def objective(x):
         return sum(float((x @ wn.double().T - c.double() @ wo.double().T).norm() ** 2)
                    for wn, wo in zip(edited, original)) + lam * float(x.norm() ** 2)
-    assert objective(c_adv) < objective(c_adv + 1e-3 * torch.randn(c_adv.shape, generator=g, dtype=torch.float64))
+
+    assert objective(c_adv) < objective(
+        c_adv + 1e-3 * torch.randn(c_adv.shape, generator=g, dtype=torch.float64)
+    )
 
 
 def test_rece_edits_further_than_uce(tiny_pipe_factory):
@@ -145,7 +161,10 @@ def test_rece_edits_further_than_uce(tiny_pipe_factory):
     rece = eraselab.erase(pipe, "rece", ["circle"], epochs=2, check=False, select_epoch="last")
     assert set(rece.tensors) == set(uce.tensors)
     assert any(not torch.allclose(rece.tensors[n], uce.tensors[n]) for n in uce.tensors)
-    assert len(rece.extras["adversarial_mismatch"]) == 2 and [e["epoch"] for e in rece.extras["epochs"]] == [1, 2]
+    assert len(rece.extras["adversarial_mismatch"]) == 2 and [e["epoch"] for e in rece.extras["epochs"]] == [
+        1,
+        2,
+    ]
     start = eraselab.erase(pipe, "rece", ["circle"], epochs=0)  # epochs=0 is the UCE start
     assert all(torch.equal(start.tensors[n], uce.tensors[n]) for n in uce.tensors)
 

@@ -1,5 +1,7 @@
 """Planted-effect validation at a small size (benchmarks/validate_metrics.py runs it in full): metrics recover
-effects of known size on miniworld's exact model, and their intervals cover the truth at about the nominal rate."""
+effects of known size on miniworld's exact model, and their intervals cover the truth at about the nominal
+rate."""
+
 import numpy as np
 import pytest
 
@@ -40,8 +42,12 @@ def test_validation_probes_use_disjoint_seeds_per_base():
 
 
 def test_planted_effects_are_recovered_within_their_intervals(oracle):
-    rows = {r["key"]: r for r in validate("circle", EFFECTS["half"], repeats=6, precision=20, truth_precision=10,
-                                          evaluator=oracle)}
+    rows = {
+        r["key"]: r
+        for r in validate(
+            "circle", EFFECTS["half"], repeats=6, precision=20, truth_precision=10, evaluator=oracle
+        )
+    }
     assert set(HEADLINE) <= set(rows)
     # The planted sizes show: half the target images erased, a neighbour drop near 30 pp (0.3 planted).
     assert 40 <= rows["target.recognition"]["truth"] <= 60
@@ -52,8 +58,12 @@ def test_planted_effects_are_recovered_within_their_intervals(oracle):
     coverage = np.mean([r["coverage"] for r in rows.values()])
     assert 0.85 <= coverage <= 0.995, coverage
     # The check can fail: the same runs with intervals half as wide miss the truth far more often.
-    narrow = [(v - (v - lo) / 2 <= r["truth"] <= v + (hi - v) / 2) for r in rows.values() if 5 < r["truth"] < 95
-              for v, lo, hi, _ in r["intervals"]]
+    narrow = [
+        (v - (v - lo) / 2 <= r["truth"] <= v + (hi - v) / 2)
+        for r in rows.values()
+        if 5 < r["truth"] < 95
+        for v, lo, hi, _ in r["intervals"]
+    ]
     assert np.mean(narrow) < coverage - 0.1
 
 

@@ -10,14 +10,22 @@ from eraselab.suites import imagenette, load_taxonomy
 
 
 def probe(prompt, concepts, aspect, relation="", seed=0, attributes=()):
-    return Probe(prompt=prompt, seed=seed, concepts=tuple(concepts), aspect=aspect, relation=relation or aspect,
-                 attributes=tuple(attributes))
+    return Probe(
+        prompt=prompt,
+        seed=seed,
+        concepts=tuple(concepts),
+        aspect=aspect,
+        relation=relation or aspect,
+        attributes=tuple(attributes),
+    )
 
 
 def labelled(prompt, concept, aspect, hits, total, relation=""):
     """`total` probes of one prompt, the first `hits` recognised as `concept` (top-1), the rest as 'other'."""
-    return [(probe(prompt, [concept], aspect, relation, seed=i), {"labels": [concept if i < hits else "other"]})
-            for i in range(total)]
+    return [
+        (probe(prompt, [concept], aspect, relation, seed=i), {"labels": [concept if i < hits else "other"]})
+        for i in range(total)
+    ]
 
 
 def objs(*items):
@@ -25,7 +33,7 @@ def objs(*items):
                                                                  for c, col in items]}
 
 
-# ---- EraseBench ---------------------------------------------------------------------------------------------------
+# ---- EraseBench --------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("eff,gen,sens,expected", [
     (86.5, 90.2, 85.0, 15.97),  # SD 1.4 original: 3/(1/13.5 + 1/9.8 + 1/85)
     (24.5, 50.5, 65.9, 61.70),  # ESD
@@ -60,17 +68,19 @@ def test_erasebench_metrics_on_a_table_with_the_spec_original_rates():
     assert M.efficacy([(probe("x", ["cat"], "target"), {"labels": ["dog", "cat"]})], k=2).value == 100.0
 
 
-# ---- ESR / PSR ----------------------------------------------------------------------------------------------------
+# ---- ESR / PSR ---------------------------------------------------------------------------------------------
 def test_esr_psr_top1_top5_and_aliases():
     rec = M.Recognizer(aliases=imagenette.aliases())
     e = "church"
-    table = [(probe("Image of church", [e], "erased", "v1", 0), {"labels": ["church", "a", "b", "c", "d"]}),
-             (probe("Image of church", [e], "erased", "v1", 1), {"labels": ["a", "b", "c", "church", "d"]}),
-             (probe("Image of church", [e], "erased", "v1", 2), {"labels": ["a", "b", "c", "d", "e"]}),
-             (probe("Image of church", [e], "erased", "v1", 3), {"labels": ["a", "b", "c", "d", "e", "church"]}),
-             (probe("Image of chain saw", ["chain saw"], "preserved", "v1", 0), {"labels": ["chainsaw", "a"]}),
-             (probe("Image of chain saw", ["chain saw"], "preserved", "v1", 1), {"labels": ["a", "491"]}),
-             (probe("Image of chain saw", ["chain saw"], "preserved", "v1", 2), {"labels": ["a", "b"]})]
+    table = [
+        (probe("Image of church", [e], "erased", "v1", 0), {"labels": ["church", "a", "b", "c", "d"]}),
+        (probe("Image of church", [e], "erased", "v1", 1), {"labels": ["a", "b", "c", "church", "d"]}),
+        (probe("Image of church", [e], "erased", "v1", 2), {"labels": ["a", "b", "c", "d", "e"]}),
+        (probe("Image of church", [e], "erased", "v1", 3), {"labels": ["a", "b", "c", "d", "e", "church"]}),
+        (probe("Image of chain saw", ["chain saw"], "preserved", "v1", 0), {"labels": ["chainsaw", "a"]}),
+        (probe("Image of chain saw", ["chain saw"], "preserved", "v1", 1), {"labels": ["a", "491"]}),
+        (probe("Image of chain saw", ["chain saw"], "preserved", "v1", 2), {"labels": ["a", "b"]}),
+    ]
     assert M.esr(table, 1, rec).value == pytest.approx(75.0)
     assert M.esr(table, 5, rec).value == pytest.approx(50.0)  # the 6th label is outside the top-5
     assert M.psr(table, 1, rec).value == pytest.approx(100 / 3)
@@ -88,7 +98,7 @@ def test_over_splits_mean_and_std():
     assert M.over_splits(t, "psr", 1) == M.EMPTY
 
 
-# ---- intervals ---------------------------------------------------------------------------------------------------
+# ---- intervals ---------------------------------------------------------------------------------------------
 def test_rate_has_the_wilson_interval_and_keeps_a_width_at_0_and_100_percent():
     def wilson(x, n, z=1.959963984540054):  # Wilson (1927), written out
         p = x / n
@@ -100,7 +110,12 @@ def test_rate_has_the_wilson_interval_and_keeps_a_width_at_0_and_100_percent():
     assert (a.low, a.high) == pytest.approx(wilson(30, 100))
     assert M.rate([]) == M.Metric(None, None, None, 0)
     none = M.rate([False] * 8)  # a percentile bootstrap reads "0.0 [0.0, 0.0]" here
-    assert none.value == 0.0 and none.low == 0.0 and none.high == pytest.approx(wilson(0, 8)[1]) and none.high > 25
+    assert (
+        none.value == 0.0
+        and none.low == 0.0
+        and none.high == pytest.approx(wilson(0, 8)[1])
+        and none.high > 25
+    )
     every = M.rate([True] * 93)
     assert every.high == 100.0 and every.low <= every.value  # exactly: 100 % lies inside its own interval
     assert set(a.to_dict()) == {"value", "low", "high", "n", "half_width", "interval"}
@@ -123,7 +138,11 @@ def test_rate_interval_has_about_nominal_exact_coverage_at_suite_sizes():
         intervals = [M.rate([True] * x + [False] * (n - x)) for x in range(n + 1)]
         coverage = [sum(binom.pmf(x, n, p) for x, m in enumerate(intervals) if m.low <= 100 * p <= m.high)
                     for p in np.linspace(0.03, 0.97, 95)]
-        assert min(coverage) >= 0.89 and 0.94 <= np.mean(coverage) <= 0.97, (n, min(coverage), np.mean(coverage))
+        assert min(coverage) >= 0.89 and 0.94 <= np.mean(coverage) <= 0.97, (
+            n,
+            min(coverage),
+            np.mean(coverage),
+        )
 
 
 @pytest.mark.parametrize("p_lost,p_gained,n", [(0.25, 0.0, 32), (0.1, 0.05, 48), (0.5, 0.0, 16)])
@@ -151,9 +170,21 @@ def test_paired_drop_counts_pairs_and_keeps_a_width_when_nothing_changed():
 
 def test_an_image_two_suites_share_is_counted_once():
     see = [(probe("a circle", ["circle"], "target", seed=s), {"labels": ["circle"]}) for s in range(4)]
-    eb = [(Probe(prompt=prompt, seed=s, concepts=("circle",), aspect=aspect, relation=aspect, suite="erasebench"),
-           {"labels": ["circle"]}) for s in range(4) for prompt, aspect in (("a circle", "target"),
-                                                                              ("a disc", "paraphrase"))]
+    eb = [
+        (
+            Probe(
+                prompt=prompt,
+                seed=s,
+                concepts=("circle",),
+                aspect=aspect,
+                relation=aspect,
+                suite="erasebench",
+            ),
+            {"labels": ["circle"]},
+        )
+        for s in range(4)
+        for prompt, aspect in (("a circle", "target"), ("a disc", "paraphrase"))
+    ]
     out = M.summarize(see + eb, see + eb, "circle", WORLD, n_boot=50)
     assert out["target.recognition"]["n"] == 4 and out["erasebench.efficacy"]["n"] == 4
 
@@ -179,7 +210,7 @@ def test_frechet_is_bias_corrected_and_inside_its_interval():
     assert cover / 60 >= 0.8
 
 
-# ---- SEE ----------------------------------------------------------------------------------------------------------
+# ---- SEE ---------------------------------------------------------------------------------------------------
 def _pairs_table():
     """Miniworld, target circle: original and edited tables (2 seeds per prompt)."""
     orig, edit = [], []
@@ -274,14 +305,15 @@ def test_summarize_produces_flat_named_metrics():
     assert out["quality.confidence.original"]["value"] == pytest.approx(0.9)
     assert not any(k.startswith(("imagenette", "erasebench")) for k in out)
     assert all(set(v) >= {"value", "low", "high", "n"} for v in out.values())
-    eb = M.summarize(labelled("a cat", "cat", "target", 1, 4), labelled("a cat", "cat", "target", 1, 4), "cat",
-                     n_boot=50)
+    eb = M.summarize(
+        labelled("a cat", "cat", "target", 1, 4), labelled("a cat", "cat", "target", 1, 4), "cat", n_boot=50
+    )
     assert "erasebench.efficacy" not in eb  # target-only tables are not an EraseBench table
     img = [(probe("Image of church", ["church"], "erased", "v1", 0), {"labels": ["x"]})]
     assert M.summarize(img, img, "v1", n_boot=10)["imagenette.esr@1"]["value"] == 100.0
 
 
-# ---- image quality ------------------------------------------------------------------------------------------------
+# ---- image quality -----------------------------------------------------------------------------------------
 def test_frechet_distance_known_values():
     # Gaussians with diagonal covariances: |mu_a - mu_b|^2 + sum(sa + sb - 2 sqrt(sa sb))
     d = M._frechet_from_moments(np.zeros(2), np.diag([1.0, 4.0]), np.array([1.0, 0.0]), np.diag([4.0, 1.0]))
@@ -337,7 +369,11 @@ def test_nudity_exposure_rates_and_part_counts():
     assert M.exposed_rate(table, 0.5).value == pytest.approx(100 / 3)
     assert M.exposed_rate(table, 0.8).n == 0
     parts = M.part_counts(table, 0.5)
-    assert parts["BELLY_EXPOSED"].value == 2 and parts["FEET_EXPOSED"].value == 1 and parts["FEET_EXPOSED"].n == 3
+    assert (
+        parts["BELLY_EXPOSED"].value == 2
+        and parts["FEET_EXPOSED"].value == 1
+        and parts["FEET_EXPOSED"].n == 3
+    )
     out = M.summarize(table, table[:1], "nudity", n_boot=20)
     assert out["nudity.exposed@0.5"]["value"] == 100.0
     assert out["nudity.exposed@0.5.original"]["value"] == pytest.approx(100 / 3)

@@ -15,7 +15,9 @@ def test_a_summary_is_computed_once_per_distinct_input(tmp_path, monkeypatch):
 
     inputs = {"original": "a", "edited": "b", "targets": ["circle"]}
     first = cached_summary(tmp_path, inputs, compute)
-    assert cached_summary(tmp_path, inputs, compute)["target.recognition"]["value"] == 50.0 and len(calls) == 1
+    assert (
+        cached_summary(tmp_path, inputs, compute)["target.recognition"]["value"] == 50.0 and len(calls) == 1
+    )
     assert first["target.recognition"]["value"] == 50.0
     cached_summary(tmp_path, {**inputs, "edited": "c"}, compute)  # other judgments
     assert len(calls) == 2

@@ -26,8 +26,8 @@ def tokenizer():
 
 
 def test_caption_with_phrases_is_the_same_caption_and_locates_each_phrase(scenes):
-    """caption() is caption_with_phrases()[0] draw for draw; every phrase sits where it says, names its object's
-    class (or a synonym or a parent) and, when a colour is named, the object's colour."""
+    """caption() is caption_with_phrases()[0] draw for draw; every phrase sits where it says, names its
+    object's class (or a synonym or a parent) and, when a colour is named, the object's colour."""
     from eraselab.miniworld.world import WORLD
 
     a, b = np.random.default_rng(3), np.random.default_rng(3)
@@ -98,8 +98,12 @@ def test_grounding_loss_is_zero_inside_the_region_and_one_outside(scenes, tokeni
     texts[0] = ""   # a caption dropped for guidance is not grounded
     targets = grounding_targets(tokenizer, batch, texts, [p for _, p in described])
     assert targets and {r for r, _, _ in targets} <= set(range(1, 8))
-    assert grounding_loss([_maps_with_mass(batch, targets, inside=True)], batch, targets).item() == pytest.approx(0)
-    assert grounding_loss([_maps_with_mass(batch, targets, inside=False)], batch, targets).item() == pytest.approx(1)
+    assert grounding_loss(
+        [_maps_with_mass(batch, targets, inside=True)], batch, targets
+    ).item() == pytest.approx(0)
+    assert grounding_loss(
+        [_maps_with_mass(batch, targets, inside=False)], batch, targets
+    ).item() == pytest.approx(1)
     uniform = torch.full((len(batch), 64, 77), 1.0 / 77, requires_grad=True)
     loss = grounding_loss([uniform], batch, targets)
     assert loss.item() == pytest.approx(0.25)

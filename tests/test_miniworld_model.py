@@ -81,8 +81,8 @@ def test_warm_start_continues_from_the_shipped_weights(pipe, tmp_path):
 
 @pytest.mark.parametrize("pair_share", [0.0, 1.0])
 def test_step_budget_and_pair_share_decide_how_long_and_on_which_scenes(tmp_path, monkeypatch, pair_share):
-    """`--steps N` trains exactly N diffusion steps (whatever the clock says); `--pair-share` draws that share of
-    every batch from two-object scenes (0: only single objects, 1: only pairs)."""
+    """`--steps N` trains exactly N diffusion steps (whatever the clock says); `--pair-share` draws that share
+    of every batch from two-object scenes (0: only single objects, 1: only pairs)."""
     from eraselab.miniworld import train as train_module
     from eraselab.miniworld.train import TrainConfig, train
 

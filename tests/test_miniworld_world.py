@@ -85,8 +85,10 @@ def test_scene_description_matches_pixels():
 def test_large_objects_cover_more_than_small_ones():
     rng = np.random.default_rng(2)
     for c in WORLD.classes:
-        big, small = (object_alpha(scene_from_spec(rng, [{"cls": c, "size": s, "fill": "solid"}]).objects[0]).sum()
-                      for s in ("large", "small"))
+        big, small = (
+            object_alpha(scene_from_spec(rng, [{"cls": c, "size": s, "fill": "solid"}]).objects[0]).sum()
+            for s in ("large", "small")
+        )
         assert big > 1.8 * small, c
 
 

@@ -1,4 +1,6 @@
-"""The miniworld oracle and its evaluator: accuracy on held-out renders, 'nothing recognisable', row format."""
+"""The miniworld oracle and its evaluator: accuracy on held-out renders, 'nothing recognisable', row
+format."""
+
 import numpy as np
 import pytest
 
@@ -61,7 +63,11 @@ def test_evaluator_rows_and_identity():
         assert set(row["labels"]) == {o.cls for o in scene.objects}
         assert set(row["scores"]) == set(row["labels"]) and row["nothing"] is False
     ident = ev.identity()
-    assert ident["name"] == "oracle" and ident["config"]["threshold"] == 0.5 and ident["config"]["weights_sha256"]
+    assert (
+        ident["name"] == "oracle"
+        and ident["config"]["threshold"] == 0.5
+        and ident["config"]["weights_sha256"]
+    )
     assert get_evaluator("oracle", threshold=0.9).identity_hash() != ev.identity_hash()
     assert ev.features(pil).shape == (4, FEATURE_DIM)
     with pytest.raises(EraseLabError):

@@ -149,7 +149,7 @@ def test_entry_points_add_third_party_entries(monkeypatch):
     assert reg.get("beta") is Beta
 
 
-# ---- the four registries ---------------------------------------------------------------------------------------
+# ---- the four registries -----------------------------------------------------------------------------------
 def test_every_builtin_method_evaluator_suite_and_hook_resolves_under_its_own_name():
     from eraselab.evaluators import Evaluator, evaluator_names, get_evaluator  # noqa: F401
     from eraselab.evaluators.base import EVALUATORS
@@ -195,7 +195,9 @@ def test_a_method_registered_outside_the_package_is_listed_and_validated(monkeyp
 def test_unknown_guidance_kind_names_the_fix():
     from eraselab.guidance import guidance_for
 
-    with pytest.raises(EraseLabError, match="the edit asks for guidance 'warp', which this eraselab does not know"):
+    with pytest.raises(
+        EraseLabError, match="the edit asks for guidance 'warp', which this eraselab does not know"
+    ):
         guidance_for({"kind": "warp"})
 
 

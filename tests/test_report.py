@@ -297,12 +297,22 @@ def test_a_yaml_suite_relation_gets_metrics_and_a_row_in_the_report(tmp_path):
     from eraselab.probes import Probe
 
     def table(shown):
-        return [(Probe(prompt=f"a van {i}", seed=i, concepts=("van",), aspect="lookalike", relation="lookalike"),
-                 {"labels": ["van"] if shown(i) else []}) for i in range(8)]
+        return [
+            (
+                Probe(
+                    prompt=f"a van {i}", seed=i, concepts=("van",), aspect="lookalike", relation="lookalike"
+                ),
+                {"labels": ["van"] if shown(i) else []},
+            )
+            for i in range(8)
+        ]
 
     out = M.summarize(table(lambda i: True), table(lambda i: i < 2), "car")
     assert out["aspect.lookalike.drop"]["value"] == pytest.approx(75.0)
-    assert out["aspect.lookalike.shown"]["value"] == 25.0 and out["aspect.lookalike.shown.original"]["value"] == 100
+    assert (
+        out["aspect.lookalike.shown"]["value"] == 25.0
+        and out["aspect.lookalike.shown.original"]["value"] == 100
+    )
     results = {"methods": {"uce": {"metrics": out}}}
     from eraselab.report.html import _every_metric
 

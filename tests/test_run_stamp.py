@@ -31,7 +31,9 @@ def test_an_unchanged_run_is_reused_and_any_changed_input_is_not(tmp_path):
     assert reusable_results(run, signature(spec)) == results
 
     assert reusable_results(run, signature(BenchSpec(model=spec.model, methods=("uce", "esd-x")))) is None
-    assert reusable_results(run, signature(BenchSpec(model=spec.model, methods=("uce",), base_seed=1))) is None
+    assert (
+        reusable_results(run, signature(BenchSpec(model=spec.model, methods=("uce",), base_seed=1))) is None
+    )
     weights = tmp_path / "model" / "unet" / "weights.safetensors"
     weights.write_bytes(b"01234")  # retrained weights: another size (and time)
     assert reusable_results(run, signature(spec)) is None

@@ -1,8 +1,8 @@
 """Two processes started by `accelerate launch` share the probes of one `eraselab generate` and one store.
 
-On a machine without GPUs, `accelerate launch --cpu` starts a single process unless mpirun is installed, so the
-test uses `--multi_gpu --num_processes 2`, which starts the processes through torchrun; each asks accelerate's
-PartialState for CPU and gets its rank (gloo connects them for the final barrier).
+On a machine without GPUs, `accelerate launch --cpu` starts a single process unless mpirun is installed, so
+the test uses `--multi_gpu --num_processes 2`, which starts the processes through torchrun; each asks
+accelerate's PartialState for CPU and gets its rank (gloo connects them for the final barrier).
 """
 import csv
 import os
@@ -91,7 +91,25 @@ def test_shard_option_without_a_launcher(saved_pipe, tmp_path):
     store = RunStore(out)
     assert store._db.execute("SELECT COUNT(*), COUNT(DISTINCT key) FROM images").fetchone() == (8, 8)
     assert (out / "images.csv").exists()  # written by whichever shard completed the set
-    bad = subprocess.run([sys.executable, "-m", "eraselab.cli", "generate", "--model", str(saved_pipe), "--prompt",
-                          "a cat", "--out", str(out), "--shard", "2/2"], check=False, env=env, capture_output=True, text=True,
-                         timeout=300)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "eraselab.cli",
+            "generate",
+            "--model",
+            str(saved_pipe),
+            "--prompt",
+            "a cat",
+            "--out",
+            str(out),
+            "--shard",
+            "2/2",
+        ],
+        check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "shard 2 of 2 does not exist" in bad.stderr

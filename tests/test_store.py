@@ -1,4 +1,6 @@
-"""The run store: WAL SQLite, files-before-rows, checksums, judgments, and several processes sharing one store."""
+"""The run store: WAL SQLite, files-before-rows, checksums, judgments, and several processes sharing one
+store."""
+
 import multiprocessing as mp
 import sqlite3
 
@@ -147,8 +149,8 @@ def _open_together(folder, barrier, results, slot):
 
 
 def test_processes_creating_one_store_at_the_same_moment_all_succeed(tmp_path):
-    """Switching a new database to WAL fails at once with "database is locked" when another process opens it at
-    the same moment (SQLite's busy timeout does not cover it); the store must retry, not fail the shard."""
+    """Switching a new database to WAL fails at once with "database is locked" when another process opens it
+    at the same moment (SQLite's busy timeout does not cover it); the store must retry, not fail the shard."""
     import multiprocessing as mp
 
     ctx = mp.get_context("fork")

@@ -1,4 +1,6 @@
-"""Suites: labels consistent with the world / taxonomy, exact imagenette splits, i2p CSV errors, YAML suites."""
+"""Suites: labels consistent with the world / taxonomy, exact imagenette splits, i2p CSV errors, YAML
+suites."""
+
 import json
 from collections import Counter
 from pathlib import Path
@@ -154,7 +156,13 @@ def test_erasebench_miniworld_groups_come_from_the_world():
 
 
 def test_imagenette_splits_are_exactly_the_protocols():
-    assert imagenette.SPLITS["v1"] == ("cassette player", "church", "garbage truck", "parachute", "French horn")
+    assert imagenette.SPLITS["v1"] == (
+        "cassette player",
+        "church",
+        "garbage truck",
+        "parachute",
+        "French horn",
+    )
     assert set(imagenette.SPLITS["v2"]) == {"tench", "English springer", "chain saw", "gas pump", "golf ball"}
     assert set(imagenette.SPLITS["v3"]) == {"cassette player", "chain saw", "church", "gas pump", "tench"}
     assert set(imagenette.SPLITS["v4"]) == {"English springer", "French horn", "garbage truck", "golf ball",
@@ -192,7 +200,9 @@ def test_i2p_reads_rows_with_their_seed_and_guidance(tmp_path):
     sexual = get_suite("i2p", path=path, category="sexual").build("nudity", domain="real")
     assert [p.seed for p in sexual] == [1234, 5]
     alt = _write(tmp_path, "prompt,sd_seed,sd_guidance\nx,3,6\n", "alt.csv")
-    assert [(p.seed, p.guidance) for p in get_suite("i2p", path=alt).build("nudity", domain="real")] == [(3, 6.0)]
+    assert [(p.seed, p.guidance) for p in get_suite("i2p", path=alt).build("nudity", domain="real")] == [
+        (3, 6.0)
+    ]
 
 
 @pytest.mark.parametrize("content,match", [
@@ -257,7 +267,8 @@ def test_miniworld_prompts_use_only_caption_words_in_caption_order(suite):
 
 
 def test_synonym_probes_never_contain_the_targets_own_name():
-    """SEE's synonym evasion asks whether another name still draws the target; "a five pointed star" says star."""
+    """SEE's synonym evasion asks whether another name still draws the target; "a five pointed star" says
+    star."""
     for target in WORLD.classes:
         words = set(target.split())
         prompts = [p.prompt for p in SeeSuite().build(target, seeds_per_prompt=1) if p.relation == "synonym"]

@@ -1,4 +1,6 @@
-"""eraselab: concept erasure for text-to-image diffusion models, and honest measurement of its side effects."""
+"""eraselab: concept erasure for text-to-image diffusion models, and honest measurement of its side
+effects."""
+
 __version__ = "0.1.0"
 
 

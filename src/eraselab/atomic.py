@@ -1,7 +1,7 @@
 """Crash-safe file writes: write to a temporary file in the same folder, fsync, then rename over the target.
 
-The temporary file is created private (mode 0600); before the rename it gets the mode any other tool would give
-a new file (0666 less the user's umask), so colleagues on a shared server can read reports and images."""
+The temporary file is created private (mode 0600); before the rename it gets the mode any other tool would
+give a new file (0666 less the user's umask), so colleagues on a shared server can read reports and images."""
 from __future__ import annotations
 
 import os
@@ -12,7 +12,8 @@ from .errors import EraseLabError
 
 
 def _umask() -> int:
-    """The process umask, read without changing it where Linux allows (os.umask sets it, racing other threads)."""
+    """The process umask, read without changing it where Linux allows (os.umask sets it, racing other
+    threads)."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("Umask:"):
@@ -31,7 +32,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except OSError as exc:
-        raise EraseLabError(f"cannot write to {path.parent}: {exc.strerror}; choose a writable --out folder") from exc
+        raise EraseLabError(
+            f"cannot write to {path.parent}: {exc.strerror}; choose a writable --out folder"
+        ) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

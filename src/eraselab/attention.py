@@ -49,7 +49,7 @@ from .errors import EraseLabError
 TOP_FRACTION = 0.05
 
 
-# --- tokens ---------------------------------------------------------------------------------------------------
+# --- tokens -------------------------------------------------------------------------------------------------
 def token_positions(tokenizer, prompt: str, word: str) -> list[int]:
     """Positions (in the padded 77-token sequence, 0 = start token) of every occurrence of `word`'s tokens in
     `prompt`; [] when the word does not occur. CLIP's BPE never merges across words, so a word tokenises the
@@ -95,7 +95,9 @@ def compare_attention(before: dict, after: dict, tol: float = 0.02) -> dict:
     """Deltas (after − before) of each metric and whether the map became peakier or flatter.
 
     `tol` is the change of normalised entropy (and of top-5 % mass) below which a map counts as unchanged."""
-    delta = {k: after[k] - before[k] for k in ("entropy", "normalized_entropy", "top5_mass", "spread", "mass")}
+    delta = {
+        k: after[k] - before[k] for k in ("entropy", "normalized_entropy", "top5_mass", "spread", "mass")
+    }
     d_ent, d_top = delta["normalized_entropy"], delta["top5_mass"]
     if abs(d_ent) <= tol and abs(d_top) <= tol:
         verdict = "unchanged"
@@ -108,8 +110,10 @@ def compare_attention(before: dict, after: dict, tol: float = 0.02) -> dict:
     return {"delta": delta, "verdict": verdict, "tol": tol}
 
 
-# --- heatmaps ------------------------------------------------------------------------------------------------
-def save_heatmaps(maps: dict[str, np.ndarray], path: str | Path, image=None, title: str | None = None) -> Path:
+# --- heatmaps -----------------------------------------------------------------------------------------------
+def save_heatmaps(
+    maps: dict[str, np.ndarray], path: str | Path, image=None, title: str | None = None
+) -> Path:
     """One PNG with a panel per word (optionally over the generated image), each map scaled to its own max."""
     import matplotlib
 
@@ -146,7 +150,7 @@ def save_heatmaps(maps: dict[str, np.ndarray], path: str | Path, image=None, tit
     return path
 
 
-# --- capture ---------------------------------------------------------------------------------------------------
+# --- capture ------------------------------------------------------------------------------------------------
 def _grid(length: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
     """The (h, w) of a layer whose sequence has `length` positions, given the latent size (the UNet halves it,
     rounding up, at each level)."""
@@ -270,8 +274,10 @@ class AttentionRecorder:
         if batch is None:
             raise EraseLabError("on_batch_end without on_batch_start; install the recorder first")
         if len(image_keys) != batch["n"] or len(probes) != batch["n"]:
-            raise EraseLabError(f"on_batch_end got {len(probes)} probes and {len(image_keys)} keys for a batch "
-                                f"of {batch['n']}; pass the same probes as to on_batch_start")
+            raise EraseLabError(
+                f"on_batch_end got {len(probes)} probes and {len(image_keys)} keys for a batch "
+                f"of {batch['n']}; pass the same probes as to on_batch_start"
+            )
         for i, (probe, key) in enumerate(zip(probes, image_keys)):
             calls = batch["calls"][i]
             self.maps[key] = {w: (s / calls).cpu().numpy() for w, s in batch["sums"][i].items()
@@ -333,8 +339,10 @@ class AttentionRecorder:
         if b is None or not any(b["groups"]):
             return
         if b["latent"] is None:
-            raise EraseLabError("the attention recorder saw a cross-attention call before any UNet call; run the "
-                                "denoiser through pipe.unet")
+            raise EraseLabError(
+                "the attention recorder saw a cross-attention call before any UNet call; run the "
+                "denoiser through pipe.unet"
+            )
         if hidden_states.ndim == 4:
             n_, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(n_, c, h * w).transpose(1, 2)
@@ -367,7 +375,9 @@ class AttentionRecorder:
             cols = torch.stack([probs[r][:, groups[w]].sum(-1) for w in words])  # (words, L)
             grid = cols.view(len(words), 1, *hw)
             if hw != latent:
-                grid = torch.nn.functional.interpolate(grid, size=latent, mode="bilinear", align_corners=False)
+                grid = torch.nn.functional.interpolate(
+                    grid, size=latent, mode="bilinear", align_corners=False
+                )
             for w, m in zip(words, grid[:, 0]):
                 prev = b["sums"][i][w]
                 b["sums"][i][w] = m if prev is None else prev + m
@@ -413,7 +423,8 @@ class AttentionRecorder:
                 b["sums"][i][w] = m if prev is None else prev + m
             b["calls"][i] += 1
 
-    # results --------------------------------------------------------------------------------------------------
+    # results
+    # --------------------------------------------------------------------------------------------------
     def metrics(self) -> dict[str, dict[str, dict[str, float]]]:
         """{image key: {word: attention_metrics(map)}} for everything recorded."""
         return {key: {w: attention_metrics(m) for w, m in maps.items()} for key, maps in self.maps.items()}

@@ -25,7 +25,17 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]})
 
 # Each module registers its commands; a misspelt or missing module fails at start-up, never silently.
-COMMAND_MODULES = ("generate", "models", "methods", "erase", "evaluate", "bench", "report", "demo", "miniworld")
+COMMAND_MODULES = (
+    "generate",
+    "models",
+    "methods",
+    "erase",
+    "evaluate",
+    "bench",
+    "report",
+    "demo",
+    "miniworld",
+)
 
 
 def _version_callback(value: bool):
@@ -35,10 +45,19 @@ def _version_callback(value: bool):
 
 
 @app.callback()
-def _root(version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
-                                       help="Print the version and exit."),
-          threads: int = typer.Option(None, "--threads", help="CPU threads for this job (default: its share of "
-                                      "the usable CPUs among running eraselab jobs; env ERASELAB_THREADS).")):
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+    threads: int = typer.Option(
+        None,
+        "--threads",
+        help=(
+            "CPU threads for this job (default: its share of "
+            "the usable CPUs among running eraselab jobs; env ERASELAB_THREADS)."
+        ),
+    ),
+):
     from .threads import apply_thread_policy, parse_threads
 
     apply_thread_policy(parse_threads(threads))
@@ -57,8 +76,10 @@ def _import_extra_modules() -> None:
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            raise EraseLabError(f"ERASELAB_EXTRA_MODULES names {name!r}, which cannot be imported ({exc}); fix "
-                                "the module name or PYTHONPATH, or unset the variable") from exc
+            raise EraseLabError(
+                f"ERASELAB_EXTRA_MODULES names {name!r}, which cannot be imported ({exc}); fix "
+                "the module name or PYTHONPATH, or unset the variable"
+            ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

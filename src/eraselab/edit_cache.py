@@ -4,8 +4,8 @@ A cached edit lives in a folder holding the Edit (edit.json + edit.safetensors) 
 request is written last, so a folder whose erase was interrupted is simply made again. A corrupted cached
 edit is reported and rebuilt, never used.
 
-The request includes a hash of the erasure methods' source code, so an edit cached by an earlier eraselab (or a
-locally patched method) is made again instead of being reused under a new implementation.
+The request includes a hash of the erasure methods' source code, so an edit cached by an earlier eraselab (or
+a locally patched method) is made again instead of being reused under a new implementation.
 """
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""The one exception type users see (a one-line message that names the problem and the fix), and the one warning
-type: a setting that runs but does nothing, or something other than the user expects."""
+"""The one exception type users see (a one-line message that names the problem and the fix), and the one
+warning type: a setting that runs but does nothing, or something other than the user expects."""
 import warnings
 
 

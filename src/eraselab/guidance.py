@@ -58,8 +58,10 @@ class NegativePromptGuidance(Guidance):
         if probe.guidance <= 1:
             return f"negative prompt: guidance {probe.guidance} ≤ 1 runs no unconditional branch to replace"
         if " ".join(self.negative_prompt(probe.negative_prompt).split()) == " ".join(probe.prompt.split()):
-            return (f"negative prompt {probe.prompt!r} equals the prompt, which makes sampling unguided (guidance "
-                    "has nothing to push against), not an erasure")
+            return (
+                f"negative prompt {probe.prompt!r} equals the prompt, which makes sampling unguided "
+                "(guidance has nothing to push against), not an erasure"
+            )
         return None
 
 
@@ -97,11 +99,15 @@ class SafeLatentGuidance(Guidance):
     def inactive_reason(self, probe) -> str | None:
         p = self.params
         if probe.guidance <= 1 or p["guidance_scale"] <= 1:
-            return "sld: safety guidance is off without classifier-free guidance (guidance ≤ 1), as in diffusers"
+            return (
+                "sld: safety guidance is off without classifier-free guidance (guidance ≤ 1), as in diffusers"
+            )
         if p["warmup_steps"] >= probe.steps:
-            return (f"sld: its warm-up is {p['warmup_steps']} steps but sampling has {probe.steps}, so safety "
-                    "guidance never acts and the images equal the original model's; use more --steps or "
-                    "strength max (no warm-up)")
+            return (
+                f"sld: its warm-up is {p['warmup_steps']} steps but sampling has {probe.steps}, so safety "
+                "guidance never acts and the images equal the original model's; use more --steps or "
+                "strength max (no warm-up)"
+            )
         return None
 
     def extra_prompts(self) -> list[str]:

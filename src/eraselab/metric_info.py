@@ -2,27 +2,36 @@
 definition, how its 95 % interval is computed and which probe aspects it reads.
 
 One declaration per metric family; `describe(key)` finds the one for any concrete key, e.g.
-"see.neighbour_drop.distance=2", "imagenette.esr@5.v1" or "erasebench.hm.original" (the ".original" suffix is the
-same metric on the unedited model). The report's glossary, tooltips and best-in-column shading, and the terminal
-summary, read these declarations, so one word never means two things.
+"see.neighbour_drop.distance=2", "imagenette.esr@5.v1" or "erasebench.hm.original" (the ".original" suffix is
+the same metric on the unedited model). The report's glossary, tooltips and best-in-column shading, and the
+terminal summary, read these declarations, so one word never means two things.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, replace
 
-# How intervals are computed (metrics.py); the unit resampled or modelled is always the image (one prompt+seed).
+# How intervals are computed (metrics.py); the unit resampled or modelled is always the image (one
+# prompt+seed).
 INTERVALS = {
-    "wilson": "Wilson score interval of a binomial rate (keeps a width at 0 % and 100 %): images are independent "
-              "draws for the suite's fixed prompts",
-    "paired-jeffreys": "paired difference of two rates on the same images (original and edited share prompt and "
-                       "seed): Monte Carlo from the Dirichlet(½) posterior of the four agree/disagree counts",
-    "jeffreys-mc": "a function of several rates (harmonic mean, mean over splits): Monte Carlo from each rate's "
-                   "Jeffreys posterior Beta(x+½, n−x+½); the interval always contains the estimate",
+    "wilson": (
+        "Wilson score interval of a binomial rate (keeps a width at 0 % and 100 %): images are independent "
+        "draws for the suite's fixed prompts"
+    ),
+    "paired-jeffreys": (
+        "paired difference of two rates on the same images (original and edited share prompt and "
+        "seed): Monte Carlo from the Dirichlet(½) posterior of the four agree/disagree counts"
+    ),
+    "jeffreys-mc": (
+        "a function of several rates (harmonic mean, mean over splits): Monte Carlo from each rate's "
+        "Jeffreys posterior Beta(x+½, n−x+½); the interval always contains the estimate"
+    ),
     "bootstrap": "percentile bootstrap over images (continuous values)",
-    "bootstrap-bc": "bias-corrected bootstrap over images of each side: the value is the plain estimate minus "
-                    "its bootstrap bias (the plain one is kept as 'uncorrected'), the interval the basic bootstrap "
-                    "interval",
+    "bootstrap-bc": (
+        "bias-corrected bootstrap over images of each side: the value is the plain estimate minus "
+        "its bootstrap bias (the plain one is kept as 'uncorrected'), the interval the basic bootstrap "
+        "interval"
+    ),
 }
 
 
@@ -42,16 +51,17 @@ class MetricInfo:
 
 
 _SEE_HIERARCHY = ("parent", "child", "sibling")
+# fmt: off
 _DECLARED = (
     MetricInfo("target.recognition", "target shown %", "lower", "%",
                "share of images of the target prompts in which the evaluator finds the target", "wilson",
                ("target",)),
     MetricInfo("imagenette.esr@<k>", "ESR-<k> %", "higher", "%",
-               "AP protocol erasure success: erased-class images whose class is not in the classifier's top-<k>, "
-               "mean over splits", "jeffreys-mc", ("erased",)),
+               "AP protocol erasure success: erased-class images whose class is not in the classifier's "
+               "top-<k>, mean over splits", "jeffreys-mc", ("erased",)),
     MetricInfo("imagenette.psr@<k>", "PSR-<k> %", "higher", "%",
-               "AP protocol preservation success: preserved-class images whose class is in the top-<k>, mean over "
-               "splits", "jeffreys-mc", ("preserved",)),
+               "AP protocol preservation success: preserved-class images whose class is in the top-<k>, mean "
+               "over splits", "jeffreys-mc", ("preserved",)),
     MetricInfo("imagenette.esr@<k>.<split>", "ESR-<k> % (<split>)", "higher", "%",
                "erasure success on one split of the AP protocol", "wilson", ("erased",)),
     MetricInfo("imagenette.psr@<k>.<split>", "PSR-<k> % (<split>)", "higher", "%",
@@ -67,34 +77,38 @@ _DECLARED = (
                "EraseBench sensitivity on one probe group", "wilson",
                ("visually_similar", "subset_superset", "binomial", "semantically_related")),
     MetricInfo("erasebench.hm", "HM", "higher", "%",
-               "EraseBench harmonic mean of 100−Efficacy, 100−Generality and Sensitivity (0 when any is 0)",
+               "EraseBench harmonic mean of 100−Efficacy, 100−Generality and Sensitivity "
+               "(0 when any is 0)",
                "jeffreys-mc", ("target", "paraphrase", "visually_similar", "subset_superset", "binomial",
                                "semantically_related")),
     MetricInfo("see.neighbour_drop.<relation>", "<relation> drop pp", "lower", "pp",
-               "SEE side effect: recognition of the neighbour's own concept on the original minus on the edited "
-               "model, same prompts and seeds (positive = the edit lost it)", "paired-jeffreys", _SEE_HIERARCHY),
+               "SEE side effect: recognition of the neighbour's own concept on the original minus on the "
+               "edited model, same prompts and seeds (positive = the edit lost it)", "paired-jeffreys",
+               _SEE_HIERARCHY),
     MetricInfo("see.evasion.<route>", "evasion: <route> %", "lower", "%",
                "SEE evasion: images of <route> prompts that still show the erased target", "wilson",
                ("parent", "child", "synonym", "composition")),
     MetricInfo("see.attribute_leak", "attribute moved %", "lower", "%",
                "SEE attribute leakage: in two-object prompts, images whose other object takes the erased "
-               "concept's attribute value (e.g. the square turns red after erasing 'red circle'); only images "
-               "where the other object is found count", "wilson", ("leak",)),
+               "concept's attribute value (e.g. the square turns red after erasing 'red circle'); only "
+               "images where the other object is found count", "wilson", ("leak",)),
     MetricInfo("see.attribute_lost", "attribute lost %", "lower", "%",
-               "SEE: in two-object prompts, images whose other object no longer shows its own attribute value",
+               "SEE: in two-object prompts, images whose other object no longer shows its own attribute "
+               "value",
                "wilson", ("leak",)),
     MetricInfo("see.unrelated.preserved", "unrelated kept %", "higher", "%",
                "SEE control: images of unrelated concepts in which the evaluator finds their own concept",
                "wilson", ("unrelated",)),
     MetricInfo("see.unrelated.drop", "unrelated drop pp", "lower", "pp",
-               "SEE control: recognition of unrelated concepts on the original minus on the edited model, same "
-               "prompts and seeds", "paired-jeffreys", ("unrelated",)),
+               "SEE control: recognition of unrelated concepts on the original minus on the edited model, "
+               "same prompts and seeds", "paired-jeffreys", ("unrelated",)),
     MetricInfo("nudity.exposed@<tau>", "exposed@<tau> %", "lower", "%",
                "images with a NudeNet exposed-class detection scoring above <tau>", "wilson"),
     MetricInfo("nudity.parts@<tau>.<part>", "<part> detections", "lower", "count",
                "NudeNet detections of <part> above <tau>, summed over images", "bootstrap"),
     MetricInfo("quality.confidence", "judge confidence", "higher", "",
-               "mean confidence of the evaluator in what it saw (oracle: mean object confidence)", "bootstrap"),
+               "mean confidence of the evaluator in what it saw (oracle: mean object confidence)",
+               "bootstrap"),
     MetricInfo("quality.clip_score", "CLIP score", "higher", "",
                "mean CLIP score of each image against its prompt", "bootstrap"),
     MetricInfo("quality.frechet", "Fréchet distance", "lower", "",
@@ -105,11 +119,13 @@ _DECLARED = (
                "bootstrap"),
     # Any aspect no metric above reads (a relation of a user's YAML suite) still gets these two.
     MetricInfo("aspect.<aspect>.shown", "<aspect>: own concept shown %", None, "%",
-               "images of the <aspect> prompts in which the evaluator finds the probe's own concept", "wilson"),
+               "images of the <aspect> prompts in which the evaluator finds the probe's own concept",
+               "wilson"),
     MetricInfo("aspect.<aspect>.drop", "<aspect> drop pp", "lower", "pp",
-               "recognition of the <aspect> prompts' own concepts on the original minus on the edited model, same "
-               "prompts and seeds", "paired-jeffreys"),
+               "recognition of the <aspect> prompts' own concepts on the original minus on the edited model, "
+               "same prompts and seeds", "paired-jeffreys"),
 )
+# fmt: on
 
 
 _PLACEHOLDER = {"tau": r"\d+(?:\.\d+)?"}  # a threshold has a decimal point; other parts have none

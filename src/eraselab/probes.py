@@ -8,8 +8,8 @@ from .errors import EraseLabError
 from .provenance import sha256_hex, stable_json
 
 SAMPLERS = ("ddim", "pndm", "euler", "euler_a", "dpm++", "ddpm", "lms")
-# CLIP reads 77 tokens (a few hundred characters); far longer text is a mistake (a pasted file), and tokenizing
-# megabytes takes minutes before the text encoder would cut it off anyway.
+# CLIP reads 77 tokens (a few hundred characters); far longer text is a mistake (a pasted file), and
+# tokenizing megabytes takes minutes before the text encoder would cut it off anyway.
 MAX_PROMPT_CHARS = 10_000
 
 
@@ -51,7 +51,9 @@ class Probe:
         if not isinstance(self.steps, int) or self.steps < 1:
             raise EraseLabError(f"steps must be a positive integer, got {self.steps!r}; pass e.g. --steps 25")
         if not math.isfinite(self.guidance) or self.guidance < 0:
-            raise EraseLabError(f"guidance must be a finite number >= 0, got {self.guidance}; pass e.g. --guidance 7.5")
+            raise EraseLabError(
+                f"guidance must be a finite number >= 0, got {self.guidance}; pass e.g. --guidance 7.5"
+            )
         if self.sampler not in SAMPLERS:
             raise EraseLabError(f"unknown sampler {self.sampler!r}; choose one of {', '.join(SAMPLERS)}")
         if self.height < 0 or self.width < 0 or self.height % 8 or self.width % 8:

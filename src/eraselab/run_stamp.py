@@ -1,5 +1,5 @@
-"""A finished bench run's stamp: the signature of everything its results depend on, so that a re-run whose inputs
-did not change reuses results.json without loading a model (a warm `eraselab demo` in seconds).
+"""A finished bench run's stamp: the signature of everything its results depend on, so that a re-run whose
+inputs did not change reuses results.json without loading a model (a warm `eraselab demo` in seconds).
 
 The signature is read from file metadata and package metadata only — no weights are read:
 - the bench settings (BenchSpec, every field);
@@ -96,12 +96,22 @@ def signature(spec) -> str | None:
     settings = _settings_signature(spec)
     if settings is None:
         return None
-    return sha256_hex(stable_json({"spec": asdict(spec), "settings": settings, "versions": library_versions(),
-                                   "eraselab_files": _files_signature(_PACKAGE), "device": _device_signature()}))
+    return sha256_hex(
+        stable_json(
+            {
+                "spec": asdict(spec),
+                "settings": settings,
+                "versions": library_versions(),
+                "eraselab_files": _files_signature(_PACKAGE),
+                "device": _device_signature(),
+            }
+        )
+    )
 
 
 def _run_files(run_dir: Path) -> list:
-    """Size and modification time of the run's stored edits and images (a damaged cache must not be skipped)."""
+    """Size and modification time of the run's stored edits and images (a damaged cache must not be
+    skipped)."""
     return [[part, _files_signature(run_dir / part)] for part in ("edits", "store/images")
             if (run_dir / part).is_dir()]
 

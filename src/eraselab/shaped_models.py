@@ -16,20 +16,36 @@ def _clip_vit_l_text():
     """CLIP ViT-L/14's text encoder (SD 1.x's, SDXL's first, Flux's pooled one) with random weights."""
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072,
-                                        num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-                                        hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
-                                        pad_token_id=49407))
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408,
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            hidden_act="quick_gelu",
+            bos_token_id=49406,
+            eos_token_id=49407,
+            pad_token_id=49407,
+        )
+    )
 
 
 def _sd_vae(**config):
-    """The SD-family KL autoencoder (4 blocks of 128–512 channels, 8× downsampling) with random weights; `config`
-    sets what differs by model (latent channels, scaling, quant convs)."""
+    """The SD-family KL autoencoder (4 blocks of 128–512 channels, 8× downsampling) with random weights;
+    `config` sets what differs by model (latent channels, scaling, quant convs)."""
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, layers_per_block=2,
-                         block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
-                         up_block_types=("UpDecoderBlock2D",) * 4, **config)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        layers_per_block=2,
+        block_out_channels=(128, 256, 512, 512),
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        **config,
+    )
 
 
 @contextmanager

@@ -1,14 +1,15 @@
-"""The run store: a SQLite database (WAL) of runs, probes, images and judgments, next to content-addressed PNGs.
+"""The run store: a SQLite database (WAL) of runs, probes, images and judgments, next to content-addressed
+PNGs.
 
 Layout of a store folder:
     store.sqlite                      runs, probes, images, run_images, evaluators, judgments
     images/<key[:2]>/<key>.png        one PNG per image key, written atomically
 
-Crash safety comes from the order of writes: a PNG is written completely (temp file + rename) before its row is
-inserted, so a row never points at a partial file; a file without a row (killed between the two) is simply
-generated again. The PNG's sha256 is recorded so a file damaged later is detected and regenerated.
-Several processes (shards of one run, or independent runs) may share one store: SQLite's WAL mode lets readers
-run beside one writer, busy_timeout makes writers wait for each other, and INSERT OR IGNORE on unique keys means
+Crash safety comes from the order of writes: a PNG is written completely (temp file + rename) before its row
+is inserted, so a row never points at a partial file; a file without a row (killed between the two) is simply
+generated again. The PNG's sha256 is recorded so a file damaged later is detected and regenerated. Several
+processes (shards of one run, or independent runs) may share one store: SQLite's WAL mode lets readers run
+beside one writer, busy_timeout makes writers wait for each other, and INSERT OR IGNORE on unique keys means
 no row is ever duplicated.
 """
 from __future__ import annotations
@@ -46,7 +47,8 @@ CREATE TABLE IF NOT EXISTS images (
     created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS run_images (
     run_id TEXT NOT NULL, image_key TEXT NOT NULL, UNIQUE (run_id, image_key));
-CREATE TABLE IF NOT EXISTS evaluators (identity_hash TEXT PRIMARY KEY, name TEXT NOT NULL, identity TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS evaluators (
+    identity_hash TEXT PRIMARY KEY, name TEXT NOT NULL, identity TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS judgments (
     image_key TEXT NOT NULL, evaluator TEXT NOT NULL, identity_hash TEXT NOT NULL, row TEXT NOT NULL,
     created REAL NOT NULL, PRIMARY KEY (image_key, identity_hash));
@@ -59,12 +61,12 @@ def probe_key(probe) -> str:
 
 
 class _Connection(sqlite3.Connection):
-    """A connection whose failures a user can fix (full disk, read-only folder, a store locked for minutes) are
-    one-line EraseLabErrors instead of tracebacks.
+    """A connection whose failures a user can fix (full disk, read-only folder, a store locked for minutes)
+    are one-line EraseLabErrors instead of tracebacks.
 
-    SQLite's busy timeout does not cover every lock: switching a new database to WAL while another process opens
-    it, or a reader meeting a WAL recovery, fails at once with "database is locked". A statement outside a
-    transaction either happened completely or not at all, so such statements are retried until the same
+    SQLite's busy timeout does not cover every lock: switching a new database to WAL while another process
+    opens it, or a reader meeting a WAL recovery, fails at once with "database is locked". A statement outside
+    a transaction either happened completely or not at all, so such statements are retried until the same
     deadline; inside a transaction (held with BEGIN IMMEDIATE) the lock is already ours."""
 
     def _retrying(self, call, *args):
@@ -90,14 +92,19 @@ class _Connection(sqlite3.Connection):
 def _user_error(exc: sqlite3.OperationalError) -> Exception:
     text = str(exc)
     if "disk is full" in text:
-        return EraseLabError(f"the store's disk is full ({text}); free disk space or choose another --out folder "
-                             "(earlier results are intact)")
+        return EraseLabError(
+            f"the store's disk is full ({text}); free disk space or choose another --out folder "
+            "(earlier results are intact)"
+        )
     if "readonly" in text or "unable to open" in text or "disk I/O" in text:
-        return EraseLabError(f"cannot write the store ({text}); choose a writable --out folder (earlier results "
-                             "are intact)")
+        return EraseLabError(
+            f"cannot write the store ({text}); choose a writable --out folder (earlier results are intact)"
+        )
     if "locked" in text:
-        return EraseLabError(f"the store is locked by another process for too long ({text}); wait for the other "
-                             "eraselab run to finish or choose another --out folder")
+        return EraseLabError(
+            f"the store is locked by another process for too long ({text}); wait for the other "
+            "eraselab run to finish or choose another --out folder"
+        )
     return exc
 
 
@@ -115,14 +122,21 @@ class RunStore:
             self.folder.mkdir(parents=True, exist_ok=True)
             (self.folder / IMAGES_DIR).mkdir(exist_ok=True)
         except OSError as exc:
-            raise EraseLabError(f"cannot create the store folder {self.folder}: {exc.strerror}; choose a writable "
-                                "--out folder") from exc
+            raise EraseLabError(
+                f"cannot create the store folder {self.folder}: {exc.strerror}; choose a writable "
+                "--out folder"
+            ) from exc
         self.db_path = self.folder / DB_NAME
         try:
             # Autocommit (isolation_level=None): transactions are opened explicitly where several rows belong
             # together, so no write lock is held between calls (other shards would wait on it).
-            self._db = sqlite3.connect(str(self.db_path), timeout=_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                                       check_same_thread=False, factory=_Connection)
+            self._db = sqlite3.connect(
+                str(self.db_path),
+                timeout=_BUSY_TIMEOUT_MS / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+                factory=_Connection,
+            )
             self._db.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             self._db.execute("PRAGMA journal_mode=WAL")
             # NORMAL in WAL mode: a power cut may lose the last transactions but never corrupts the database;
@@ -132,20 +146,27 @@ class RunStore:
                 for statement in _SCHEMA.split(";"):
                     if statement.strip():
                         self._db.execute(statement)
-                self._db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                self._db.execute(
+                    "INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),)
+                )
             version = self._db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()[0]
         except sqlite3.DatabaseError as exc:
-            raise EraseLabError(f"{self.db_path} is not a readable eraselab store ({exc}); choose another --out "
-                                "folder or move the damaged one away") from exc
+            raise EraseLabError(
+                f"{self.db_path} is not a readable eraselab store ({exc}); choose another --out "
+                "folder or move the damaged one away"
+            ) from exc
         if int(version) != SCHEMA_VERSION:
-            raise EraseLabError(f"{self.db_path} has store schema {version}, this eraselab reads {SCHEMA_VERSION}; "
-                                "use a new --out folder or the eraselab version that wrote it")
+            raise EraseLabError(
+                f"{self.db_path} has store schema {version}, this eraselab reads {SCHEMA_VERSION}; "
+                "use a new --out folder or the eraselab version that wrote it"
+            )
         self._remove_stale_temp_files()
 
-    # ---- plumbing --------------------------------------------------------------------------------------------
+    # ---- plumbing ------------------------------------------------------------------------------------------
     @contextmanager
     def _transaction(self):
-        # BEGIN IMMEDIATE takes the write lock up front, so a transaction never fails half-way on a lock upgrade.
+        # BEGIN IMMEDIATE takes the write lock up front, so a transaction never fails half-way on a lock
+        # upgrade.
         self._db.execute("BEGIN IMMEDIATE")
         try:
             yield
@@ -167,7 +188,8 @@ class RunStore:
         self.close()
 
     def _remove_stale_temp_files(self) -> None:
-        """Temp files left by killed writers; recent ones may belong to a live process, so only old ones go."""
+        """Temp files left by killed writers; recent ones may belong to a live process, so only old ones
+        go."""
         cutoff = time.time() - _STALE_TEMP_SECONDS
         for tmp in (self.folder / IMAGES_DIR).glob("*/.*.tmp"):
             try:
@@ -176,13 +198,24 @@ class RunStore:
             except OSError:
                 pass
 
-    # ---- runs ------------------------------------------------------------------------------------------------
+    # ---- runs ----------------------------------------------------------------------------------------------
     def start_run(self, run_id: str, config: dict, model_fingerprint: str, edit_hash: str) -> str:
-        """Record a run (idempotent: starting the same run id again, e.g. to resume it, keeps the first record)."""
-        self._db.execute("INSERT OR IGNORE INTO runs (id, created, config, model_fingerprint, edit_hash, versions)"
-                         " VALUES (?, ?, ?, ?, ?, ?)",
-                         (run_id, time.time(), stable_json(config), model_fingerprint, edit_hash,
-                          stable_json(library_versions())))
+        """Record a run (idempotent: starting the same run id again, e.g. to resume it, keeps the first
+        record)."""
+        self._db.execute(
+            (
+                "INSERT OR IGNORE INTO runs (id, created, config, model_fingerprint, edit_hash, versions)"
+                " VALUES (?, ?, ?, ?, ?, ?)"
+            ),
+            (
+                run_id,
+                time.time(),
+                stable_json(config),
+                model_fingerprint,
+                edit_hash,
+                stable_json(library_versions()),
+            ),
+        )
         return run_id
 
     def finish_run(self, run_id: str) -> None:
@@ -205,10 +238,14 @@ class RunStore:
                                  [(run_id, k) for k in image_keys])
 
     def run_image_keys(self, run_id: str) -> list[str]:
-        return [r[0] for r in self._db.execute("SELECT image_key FROM run_images WHERE run_id=? ORDER BY rowid",
-                                               (run_id,))]
+        return [
+            r[0]
+            for r in self._db.execute(
+                "SELECT image_key FROM run_images WHERE run_id=? ORDER BY rowid", (run_id,)
+            )
+        ]
 
-    # ---- probes ----------------------------------------------------------------------------------------------
+    # ---- probes --------------------------------------------------------------------------------------------
     def put_probes(self, probes) -> list[str]:
         keys = [probe_key(p) for p in probes]
         with self._transaction():
@@ -222,7 +259,7 @@ class RunStore:
         row = self._db.execute("SELECT probe FROM probes WHERE key=?", (key,)).fetchone()
         return None if row is None else Probe.from_dict(json.loads(row[0]))
 
-    # ---- images ----------------------------------------------------------------------------------------------
+    # ---- images --------------------------------------------------------------------------------------------
     def image_path(self, key: str) -> Path:
         return self.folder / IMAGES_DIR / key[:2] / f"{key}.png"
 
@@ -236,18 +273,29 @@ class RunStore:
                          stable_json(e["config"]), hashlib.sha256(e["png"]).hexdigest(), len(e["png"]),
                          stable_json(e["producer"]), time.time()))
         with self._transaction():
-            self._db.executemany("INSERT OR IGNORE INTO probes (key, probe) VALUES (?, ?)",
-                                 [(probe_key(e["probe"]), stable_json(e["probe"].to_dict())) for e in entries])
-            # An existing row means this image was regenerated after its file was damaged: keep the row (one per
-            # key) and refresh the checksum, since PNG encoders may differ between library versions.
             self._db.executemany(
-                "INSERT INTO images (key, probe_key, model_fingerprint, edit_hash, config, png_sha256, png_bytes, "
-                "producer, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO UPDATE SET "
-                "png_sha256=excluded.png_sha256, png_bytes=excluded.png_bytes", rows)
+                "INSERT OR IGNORE INTO probes (key, probe) VALUES (?, ?)",
+                [(probe_key(e["probe"]), stable_json(e["probe"].to_dict())) for e in entries],
+            )
+            # An existing row means this image was regenerated after its file was damaged: keep the row (one
+            # per key) and refresh the checksum, since PNG encoders may differ between library versions.
+            self._db.executemany(
+                (
+                    "INSERT INTO images (key, probe_key, model_fingerprint, edit_hash, config, png_sha256, "
+                    "png_bytes, producer, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(key) DO "
+                    "UPDATE SET png_sha256=excluded.png_sha256, png_bytes=excluded.png_bytes"
+                ),
+                rows,
+            )
 
     def image_record(self, key: str) -> dict | None:
-        row = self._db.execute("SELECT key, probe_key, model_fingerprint, edit_hash, config, png_sha256, png_bytes, "
-                               "producer, created FROM images WHERE key=?", (key,)).fetchone()
+        row = self._db.execute(
+            (
+                "SELECT key, probe_key, model_fingerprint, edit_hash, config, png_sha256, png_bytes, "
+                "producer, created FROM images WHERE key=?"
+            ),
+            (key,),
+        ).fetchone()
         if row is None:
             return None
         return {"key": row[0], "probe_key": row[1], "model_fingerprint": row[2], "edit_hash": row[3],
@@ -260,7 +308,9 @@ class RunStore:
         found = {}
         for chunk in _chunks(keys):
             marks = ",".join("?" * len(chunk))
-            found.update(self._db.execute(f"SELECT key, png_sha256 FROM images WHERE key IN ({marks})", chunk))
+            found.update(
+                self._db.execute(f"SELECT key, png_sha256 FROM images WHERE key IN ({marks})", chunk)
+            )
         return found
 
     def verify_image(self, key: str, expected_sha256: str | None = None) -> bool:
@@ -293,15 +343,17 @@ class RunStore:
             raise EraseLabError(f"image {key} is not in the store {self.folder}; generate it first (run "
                                 "`eraselab generate` with the same settings)") from exc
 
-    # ---- judgments -------------------------------------------------------------------------------------------
+    # ---- judgments -----------------------------------------------------------------------------------------
     def put_judgments(self, evaluator_identity: dict, identity_hash: str, rows: dict[str, dict]) -> None:
         """Record one evaluator's rows (image key → row). Re-judging with the same identity replaces the row,
         so there is one row per (image, evaluator identity)."""
         name = str(evaluator_identity.get("name", "unknown"))
         now = time.time()
         with self._transaction():
-            self._db.execute("INSERT OR IGNORE INTO evaluators (identity_hash, name, identity) VALUES (?, ?, ?)",
-                             (identity_hash, name, stable_json(evaluator_identity)))
+            self._db.execute(
+                "INSERT OR IGNORE INTO evaluators (identity_hash, name, identity) VALUES (?, ?, ?)",
+                (identity_hash, name, stable_json(evaluator_identity)),
+            )
             self._db.executemany(
                 "INSERT OR REPLACE INTO judgments (image_key, evaluator, identity_hash, row, created) "
                 "VALUES (?, ?, ?, ?, ?)",
@@ -320,7 +372,9 @@ class RunStore:
         return out
 
     def evaluator_identity(self, identity_hash: str) -> dict | None:
-        row = self._db.execute("SELECT identity FROM evaluators WHERE identity_hash=?", (identity_hash,)).fetchone()
+        row = self._db.execute(
+            "SELECT identity FROM evaluators WHERE identity_hash=?", (identity_hash,)
+        ).fetchone()
         return None if row is None else json.loads(row[0])
 
 

@@ -8,9 +8,18 @@ console = Console()
 
 
 # The terminal shows the columns that fit 80 characters; report.html has them all.
-TERMINAL_COLUMNS = ("target.recognition", "imagenette.esr@1", "imagenette.psr@1", "erasebench.efficacy",
-                    "erasebench.sensitivity", "erasebench.hm", "see.neighbour_drop.sibling", "see.evasion.composition",
-                    "nudity.exposed@0.5", "seconds")
+TERMINAL_COLUMNS = (
+    "target.recognition",
+    "imagenette.esr@1",
+    "imagenette.psr@1",
+    "erasebench.efficacy",
+    "erasebench.sensitivity",
+    "erasebench.hm",
+    "see.neighbour_drop.sibling",
+    "see.evasion.composition",
+    "nudity.exposed@0.5",
+    "seconds",
+)
 
 
 def summary_table(results: dict, columns=TERMINAL_COLUMNS) -> Table:

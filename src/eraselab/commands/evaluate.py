@@ -11,7 +11,9 @@ def register(app: typer.Typer) -> None:
     @app.command("evaluate")
     def evaluate_cmd(
         run: Path = typer.Option(..., "--run", help="A folder written by `eraselab bench`."),
-        evaluator: str = typer.Option(None, "--evaluator", help="Evaluator name or NAME:MODEL (default: the run's)."),
+        evaluator: str = typer.Option(
+            None, "--evaluator", help="Evaluator name or NAME:MODEL (default: the run's)."
+        ),
     ):
         """Judge a bench run's images (cached images and edits are reused) and rewrite its results.
 
@@ -23,7 +25,9 @@ def register(app: typer.Typer) -> None:
 
         spec_path = run / "bench.json"
         if not spec_path.exists():
-            raise EraseLabError(f"{run} is not a bench run folder (no bench.json); pass the --out of `eraselab bench`")
+            raise EraseLabError(
+                f"{run} is not a bench run folder (no bench.json); pass the --out of `eraselab bench`"
+            )
         try:
             raw = json.loads(spec_path.read_bytes())
             if not isinstance(raw, dict):

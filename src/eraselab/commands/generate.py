@@ -30,8 +30,10 @@ def parse_seeds(text: str) -> list[int]:
         if hi < lo:
             raise EraseLabError(f"seed range {part!r} runs backwards; write it as {hi}-{lo}")
         if hi >= 2 ** 63 or len(seeds) + hi - lo + 1 > _MAX_SEEDS:
-            raise EraseLabError(f"--seeds {text!r} asks for too many or too large seeds (at most {_MAX_SEEDS} "
-                                "seeds below 2^63)")
+            raise EraseLabError(
+                f"--seeds {text!r} asks for too many or too large seeds (at most {_MAX_SEEDS} "
+                "seeds below 2^63)"
+            )
         seeds += range(lo, hi + 1)
     if not seeds:
         raise EraseLabError("no seeds given; pass e.g. --seeds 0,1,2 or --seeds 0-99")
@@ -44,27 +46,45 @@ def read_prompt_file(path: str | Path) -> list[str]:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise EraseLabError(f"cannot read prompt file {path}: {exc.strerror}; pass an existing text file") from exc
+        raise EraseLabError(
+            f"cannot read prompt file {path}: {exc.strerror}; pass an existing text file"
+        ) from exc
     if b"\x00" in data:
-        raise EraseLabError(f"prompt file {path} is binary, not text; pass a UTF-8 text file with one prompt per line")
+        raise EraseLabError(
+            f"prompt file {path} is binary, not text; pass a UTF-8 text file with one prompt per line"
+        )
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise EraseLabError(f"prompt file {path} is not UTF-8 (bad byte at offset {exc.start}); save it as UTF-8 "
-                            "text with one prompt per line") from exc
+        raise EraseLabError(
+            f"prompt file {path} is not UTF-8 (bad byte at offset {exc.start}); save it as UTF-8 "
+            "text with one prompt per line"
+        ) from exc
     prompts = [line.strip() for line in text.splitlines()]
     for number, line in enumerate(prompts, 1):
         if len(line) > MAX_PROMPT_CHARS:
-            raise EraseLabError(f"line {number} of prompt file {path} is {len(line)} characters long; prompts are at "
-                                f"most {MAX_PROMPT_CHARS} characters, one prompt per line (is it the right file?)")
+            raise EraseLabError(
+                f"line {number} of prompt file {path} is {len(line)} characters long; prompts are at "
+                f"most {MAX_PROMPT_CHARS} characters, one prompt per line (is it the right file?)"
+            )
     prompts = [p for p in prompts if p and not p.startswith("#")]
     if not prompts:
         raise EraseLabError(f"prompt file {path} holds no prompts; write one prompt per line")
     return prompts
 
 
-IMAGES_COLUMNS = ["prompt", "seed", "image", "negative_prompt", "steps", "guidance", "sampler", "height", "width",
-                  "image_key"]
+IMAGES_COLUMNS = [
+    "prompt",
+    "seed",
+    "image",
+    "negative_prompt",
+    "steps",
+    "guidance",
+    "sampler",
+    "height",
+    "width",
+    "image_key",
+]
 
 
 def _images_csv(store, probes, keys, default_size: int, previous: str = "") -> str:
@@ -92,30 +112,65 @@ def _images_csv(store, probes, keys, default_size: int, previous: str = "") -> s
 def register(app: typer.Typer) -> None:
     @app.command("generate")
     def generate_cmd(
-        model: Annotated[str, typer.Option("--model", "-m", help="miniworld, a diffusers folder or a hub id.")],
-        out: Annotated[Path, typer.Option("--out", "-o", help="Store folder (created; reused to resume or cache).")],
-        prompts: Annotated[Path | None, typer.Option("--prompts", help="Text file, one prompt per line.")] = None,
-        prompt: Annotated[list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")] = None,
+        model: Annotated[
+            str, typer.Option("--model", "-m", help="miniworld, a diffusers folder or a hub id.")
+        ],
+        out: Annotated[
+            Path, typer.Option("--out", "-o", help="Store folder (created; reused to resume or cache).")
+        ],
+        prompts: Annotated[
+            Path | None, typer.Option("--prompts", help="Text file, one prompt per line.")
+        ] = None,
+        prompt: Annotated[
+            list[str] | None, typer.Option("--prompt", "-p", help="A prompt (repeatable).")
+        ] = None,
         seeds: Annotated[str, typer.Option("--seeds", "-s", help="Seeds: 0,1,2 or 0-99.")] = "0",
-        edit: Annotated[Path | None, typer.Option("--edit", help="An edit folder from `eraselab erase`.")] = None,
+        edit: Annotated[
+            Path | None, typer.Option("--edit", help="An edit folder from `eraselab erase`.")
+        ] = None,
         steps: Annotated[int, typer.Option("--steps", help="Denoising steps.")] = 25,
         guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale.")] = 7.5,
-        sampler: Annotated[str, typer.Option("--sampler", help="ddim, pndm, euler, euler_a, dpm++, ddpm or lms.")
-                           ] = "ddim",
-        size: Annotated[int, typer.Option("--size", help="Image height and width (0: the model's default).")] = 0,
+        sampler: Annotated[
+            str, typer.Option("--sampler", help="ddim, pndm, euler, euler_a, dpm++, ddpm or lms.")
+        ] = "ddim",
+        size: Annotated[
+            int, typer.Option("--size", help="Image height and width (0: the model's default).")
+        ] = 0,
         negative: Annotated[str, typer.Option("--negative", help="Negative prompt for every image.")] = "",
-        batch_size: Annotated[int | None, typer.Option(
-            "--batch-size", help="Probes per batch (default: one UNet lane's worth; never changes pixels).")] = None,
-        lanes: Annotated[str, typer.Option(
-            "--lanes", help="fit: UNet calls sized to this request (a few images cost what they need; pixels depend "
-                            "on how many images are asked for together); fixed: sized by model and image size "
-                            "only (pixels equal to bench's whatever the request).")] = "fit",
-        device: Annotated[str | None, typer.Option(
-            "--device", help="cpu, cuda, cuda:1 … (default: the GPU if any, or the accelerate process's device).")
+        batch_size: Annotated[
+            int | None,
+            typer.Option(
+                "--batch-size",
+                help="Probes per batch (default: one UNet lane's worth; never changes pixels).",
+            ),
         ] = None,
-        shard: Annotated[str | None, typer.Option(
-            "--shard", help="I/N: make only share I of N (0-based); automatic under `accelerate launch`.")] = None,
-        progress: Annotated[bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")] = True,
+        lanes: Annotated[
+            str,
+            typer.Option(
+                "--lanes",
+                help=(
+                    "fit: UNet calls sized to this request (a few images cost what they need; pixels depend "
+                    "on how many images are asked for together); fixed: sized by model and image size "
+                    "only (pixels equal to bench's whatever the request)."
+                ),
+            ),
+        ] = "fit",
+        device: Annotated[
+            str | None,
+            typer.Option(
+                "--device",
+                help="cpu, cuda, cuda:1 … (default: the GPU if any, or the accelerate process's device).",
+            ),
+        ] = None,
+        shard: Annotated[
+            str | None,
+            typer.Option(
+                "--shard", help="I/N: make only share I of N (0-based); automatic under `accelerate launch`."
+            ),
+        ] = None,
+        progress: Annotated[
+            bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+        ] = True,
     ):
         """Generate images for prompts × seeds (deterministic, batched, cached, resumable).
 
@@ -129,8 +184,9 @@ def register(app: typer.Typer) -> None:
         if not texts:
             raise EraseLabError("no prompts given; pass --prompt TEXT (repeatable) or --prompts FILE")
         if batch_size is not None and batch_size < 1:
-            raise EraseLabError(f"--batch-size must be a positive integer, got {batch_size}; omit it to choose "
-                                "automatically")
+            raise EraseLabError(
+                f"--batch-size must be a positive integer, got {batch_size}; omit it to choose automatically"
+            )
         if size < 0:
             raise EraseLabError(f"--size must be 0 (model default) or a positive multiple of 8, got {size}")
         seed_list = parse_seeds(seeds)
@@ -139,18 +195,50 @@ def register(app: typer.Typer) -> None:
         if lanes not in LANE_POLICIES:
             raise EraseLabError(f"--lanes must be one of {', '.join(LANE_POLICIES)}, not {lanes!r}")
         # Probes first: bad settings fail in a second, before the model loads.
-        probe_list = [Probe(t, seed=s, negative_prompt=negative, steps=steps, guidance=guidance, height=size,
-                            width=size, sampler=sampler) for t in texts for s in seed_list]
+        probe_list = [
+            Probe(
+                t,
+                seed=s,
+                negative_prompt=negative,
+                steps=steps,
+                guidance=guidance,
+                height=size,
+                width=size,
+                sampler=sampler,
+            )
+            for t in texts
+            for s in seed_list
+        ]
         shard_pair = _parse_shard(shard)
         edit_obj = None
         if edit is not None:
             from ..edits import Edit
 
             edit_obj = Edit.load(edit)
-        _run(model, out, probe_list, edit_obj, batch_size, device, shard_pair, progress,
-             {"command": "generate", "model": model, "edit": str(edit) if edit else None, "prompts": texts,
-              "seeds": seeds, "steps": steps, "guidance": guidance, "sampler": sampler, "size": size,
-              "negative": negative, "lanes": lanes}, lanes)
+        _run(
+            model,
+            out,
+            probe_list,
+            edit_obj,
+            batch_size,
+            device,
+            shard_pair,
+            progress,
+            {
+                "command": "generate",
+                "model": model,
+                "edit": str(edit) if edit else None,
+                "prompts": texts,
+                "seeds": seeds,
+                "steps": steps,
+                "guidance": guidance,
+                "sampler": sampler,
+                "size": size,
+                "negative": negative,
+                "lanes": lanes,
+            },
+            lanes,
+        )
 
 
 def _parse_shard(text: str | None) -> tuple[int, int] | None:
@@ -163,7 +251,9 @@ def _parse_shard(text: str | None) -> tuple[int, int] | None:
     return index, count
 
 
-def _run(model, out, probes, edit, batch_size, device, shard, progress, run_config, lane_policy="fixed") -> None:
+def _run(
+    model, out, probes, edit, batch_size, device, shard, progress, run_config, lane_policy="fixed"
+) -> None:
     from rich.console import Console
 
     from ..atomic import atomic_write_text

@@ -8,7 +8,7 @@ def register(app: typer.Typer) -> None:
         """List models available locally: the embedded miniworld model and diffusers pipelines in the hub cache.
 
         Example: eraselab models
-        """
+        """  # noqa: E501 (typer shows the docstring line by line: wrapping it would wrap the help)
         from rich.console import Console
         from rich.table import Table
 

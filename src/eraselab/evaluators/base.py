@@ -62,12 +62,16 @@ def load_pretrained(loader: Callable, source: str, what: str, **kwargs):
             raise EraseLabError(f"could not load the {what} in {path}: {first}; pass a folder written by "
                                 "save_pretrained (config plus weights)") from exc
     if source.startswith((".", "/", "~")) or source.count("/") > 1 or not source.strip():
-        raise EraseLabError(f"the {what} folder {source!r} does not exist; pass an existing folder or a hub id")
+        raise EraseLabError(
+            f"the {what} folder {source!r} does not exist; pass an existing folder or a hub id"
+        )
     try:
         return loader(source, local_files_only=hub_offline(), **kwargs)
     except Exception as exc:  # hub errors come in many classes
-        raise EraseLabError(f"the {what} {source} is not in the local Hugging Face cache; download it with "
-                            f"`hf download {source}` on a machine with network access, or pass a local folder") from exc
+        raise EraseLabError(
+            f"the {what} {source} is not in the local Hugging Face cache; download it with "
+            f"`hf download {source}` on a machine with network access, or pass a local folder"
+        ) from exc
 
 
 # Built-in evaluators are lazy entries: listing names imports no evaluator module (imagenet.py loads

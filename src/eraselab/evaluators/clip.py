@@ -2,8 +2,8 @@
 
 Row fields: "labels" (the top-k labels by image–text similarity, best first), "scores" (softmax probability of
 every candidate label, CLIP's logit scale), "similarities" (cosine per label) and "clip_score"
-(100 · max(cos(image, prompt), 0), the definition of Hessel et al. used by torchmetrics, computed here so that no
-extra package is needed).
+(100 · max(cos(image, prompt), 0), the definition of Hessel et al. used by torchmetrics, computed here so that
+no extra package is needed).
 """
 from __future__ import annotations
 
@@ -37,7 +37,9 @@ class ClipEvaluator(Evaluator):
         self.model_source = model
         self.model = load_pretrained(CLIPModel.from_pretrained, model, "CLIP model").eval()
         self.tokenizer = load_pretrained(CLIPTokenizer.from_pretrained, model, "CLIP tokenizer")
-        self.image_processor = load_pretrained(CLIPImageProcessor.from_pretrained, model, "CLIP image processor")
+        self.image_processor = load_pretrained(
+            CLIPImageProcessor.from_pretrained, model, "CLIP image processor"
+        )
         self.device = pick_device(device)
         self.model.to(self.device)
         self.labels = list(labels) if labels else None
@@ -53,11 +55,17 @@ class ClipEvaluator(Evaluator):
 
     @torch.no_grad()
     def text_embeddings(self, texts: Sequence[str]) -> torch.Tensor:
-        """Unit-norm projected text embeddings (N × D); prompts longer than 77 tokens are truncated, as in CLIP."""
+        """Unit-norm projected text embeddings (N × D); prompts longer than 77 tokens are truncated, as in
+        CLIP."""
         out = []
         for i in range(0, len(texts), self.batch_size):
-            tok = self.tokenizer(list(texts[i:i + self.batch_size]), padding=True, truncation=True,
-                                 max_length=self.tokenizer.model_max_length, return_tensors="pt").to(self.device)
+            tok = self.tokenizer(
+                list(texts[i : i + self.batch_size]),
+                padding=True,
+                truncation=True,
+                max_length=self.tokenizer.model_max_length,
+                return_tensors="pt",
+            ).to(self.device)
             # text_model + text_projection rather than get_text_features, whose return type changed in
             # transformers 5 (an output object instead of a tensor).
             pooled = self.model.text_model(**tok).pooler_output
@@ -87,7 +95,9 @@ class ClipEvaluator(Evaluator):
     @torch.no_grad()
     def judge(self, images: Sequence, probes: Sequence) -> list[dict]:
         if len(images) != len(probes):
-            raise EraseLabError(f"got {len(images)} images for {len(probes)} probes; pass one probe per image")
+            raise EraseLabError(
+                f"got {len(images)} images for {len(probes)} probes; pass one probe per image"
+            )
         if not images:
             return []
         img = self.image_embeddings(images)

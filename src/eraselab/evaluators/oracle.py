@@ -37,7 +37,9 @@ class OracleEvaluator(Evaluator):
 
     def judge(self, images: Sequence, probes: Sequence) -> list[dict]:
         if len(images) != len(probes):
-            raise EraseLabError(f"got {len(images)} images for {len(probes)} probes; pass one probe per image")
+            raise EraseLabError(
+                f"got {len(images)} images for {len(probes)} probes; pass one probe per image"
+            )
         rows = []
         for pred in self.oracle.predict(list(images), threshold=self.threshold):
             objects = pred["objects"]

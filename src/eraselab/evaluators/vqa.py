@@ -2,10 +2,10 @@
 names, with any transformers visual-question-answering or image-text-to-text model given by folder or hub id.
 
 Questions are asked about every concept of the probe (for "a red car and a blue bus" with concepts
-("car", "bus"): "what color is the car?", "what color is the bus?"). Row fields: "questions" {object: question},
-"raw_answers" {object: the model's text}, "answers" {object: the normalised answer — the first known attribute
-value the text mentions, else the cleaned text}, "labels" ["<answer> <object>", …] and "scores" (empty: the
-models' answer scores are not comparable across models, so none are reported).
+("car", "bus"): "what color is the car?", "what color is the bus?"). Row fields: "questions" {object:
+question}, "raw_answers" {object: the model's text}, "answers" {object: the normalised answer — the first
+known attribute value the text mentions, else the cleaned text}, "labels" ["<answer> <object>", …] and
+"scores" (empty: the models' answer scores are not comparable across models, so none are reported).
 """
 from __future__ import annotations
 
@@ -18,13 +18,16 @@ from .base import Evaluator, load_pretrained, pick_device, register_evaluator
 
 QUESTIONS = {"color": "what color is the {object}?", "material": "what is the {object} made of?",
              "size": "what size is the {object}?", "shape": "what shape is the {object}?"}
+# fmt: off
 VALUES = {
     "color": ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white", "gray",
               "silver", "gold"),
-    "material": ("wood", "metal", "plastic", "glass", "stone", "paper", "fabric", "leather", "rubber", "ceramic"),
+    "material": ("wood", "metal", "plastic", "glass", "stone", "paper", "fabric", "leather", "rubber",
+                 "ceramic"),
     "size": ("small", "medium", "large"),
     "shape": ("circle", "square", "triangle", "rectangle", "star", "round"),
 }
+# fmt: on
 # Answers use many spellings for one value; map them before matching against VALUES.
 SYNONYMS = {"grey": "gray", "wooden": "wood", "metallic": "metal", "big": "large", "tiny": "small",
             "little": "small", "circular": "circle", "golden": "gold", "violet": "purple"}
@@ -66,8 +69,9 @@ def load_answerer(source: str, task: str = "auto", device: str | None = None, ma
 
 
 class HeadAnswerer:
-    """Models with a VQA head. transformers 5 dropped the visual-question-answering pipeline, so this calls the
-    model: classifier heads (ViLT) answer with their best label, generative ones (BLIP) with generated text."""
+    """Models with a VQA head. transformers 5 dropped the visual-question-answering pipeline, so this calls
+    the model: classifier heads (ViLT) answer with their best label, generative ones (BLIP) with generated
+    text."""
 
     task = _TASKS[0]
 
@@ -128,18 +132,29 @@ class VQAEvaluator(Evaluator):
     name = "vqa"
     version = "1"
 
-    def __init__(self, model: str | Answerer | None = None, attribute: str = "color", question: str | None = None,
-                 values: Sequence[str] | None = None, task: str = "auto", device: str | None = None,
-                 max_new_tokens: int = 10):
+    def __init__(
+        self,
+        model: str | Answerer | None = None,
+        attribute: str = "color",
+        question: str | None = None,
+        values: Sequence[str] | None = None,
+        task: str = "auto",
+        device: str | None = None,
+        max_new_tokens: int = 10,
+    ):
         if model is None:
             raise EraseLabError("the vqa evaluator needs a model: pass model=FOLDER or a hub id of a "
                                 "visual-question-answering or image-text-to-text model")
         template = question or QUESTIONS.get(attribute)
         if template is None:
-            raise EraseLabError(f"no question known for attribute {attribute!r}; pass question='... {{object}} ...' "
-                                f"or one of {', '.join(QUESTIONS)}")
+            raise EraseLabError(
+                f"no question known for attribute {attribute!r}; pass question='... {{object}} ...' "
+                f"or one of {', '.join(QUESTIONS)}"
+            )
         if "{object}" not in template:
-            raise EraseLabError(f"the VQA question {template!r} has no {{object}}; use e.g. {QUESTIONS['color']!r}")
+            raise EraseLabError(
+                f"the VQA question {template!r} has no {{object}}; use e.g. {QUESTIONS['color']!r}"
+            )
         self.template = template
         self.attribute = attribute
         self.values = tuple(values) if values is not None else VALUES.get(attribute, ())
@@ -161,14 +176,18 @@ class VQAEvaluator(Evaluator):
 
     def judge(self, images: Sequence, probes: Sequence) -> list[dict]:
         if len(images) != len(probes):
-            raise EraseLabError(f"got {len(images)} images for {len(probes)} probes; pass one probe per image")
+            raise EraseLabError(
+                f"got {len(images)} images for {len(probes)} probes; pass one probe per image"
+            )
         asked = [self.questions(p) for p in probes]
         flat_images = [im for im, qs in zip(images, asked) for _ in qs]
         flat_questions = [q for qs in asked for q in qs.values()]
         replies = list(self.answerer.answer(flat_images, flat_questions)) if flat_questions else []
         if len(replies) != len(flat_questions):
-            raise EraseLabError(f"the VQA model gave {len(replies)} answers to {len(flat_questions)} questions; "
-                                "its answer() must return one string per question")
+            raise EraseLabError(
+                f"the VQA model gave {len(replies)} answers to {len(flat_questions)} questions; "
+                "its answer() must return one string per question"
+            )
         replies = iter(replies)
         rows = []
         for qs in asked:

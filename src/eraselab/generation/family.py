@@ -46,8 +46,10 @@ def check_generation_family(pipe) -> str:
         return _check_flux(pipe)
     if family == "sdxl" and getattr(pipe, "text_encoder", None) is None \
             and getattr(pipe, "text_encoder_2", None) is not None:
-        raise EraseLabError("this SDXL pipeline has no first text encoder (an SDXL refiner, an image-to-image "
-                            "model); generate with the SDXL base model")
+        raise EraseLabError(
+            "this SDXL pipeline has no first text encoder (an SDXL refiner, an image-to-image "
+            "model); generate with the SDXL base model"
+        )
     missing = [n for n in _PARTS[family] if getattr(pipe, n, None) is None]
     if missing:
         raise EraseLabError(f"the pipeline has no {missing[0]}; eraselab generates with "

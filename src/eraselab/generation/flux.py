@@ -51,7 +51,8 @@ class FluxFamily(SDFamily):
         if any(p.negative_prompt for p in probes):
             warn_once("Flux runs no unconditional branch: the probes' negative prompts are ignored")
 
-    # text ----------------------------------------------------------------------------------------------------
+    # text
+    # ----------------------------------------------------------------------------------------------------
     def encode(self, texts: list[str]) -> list[torch.Tensor]:
         clip, t5 = self.pipe.text_encoder, self.pipe.text_encoder_2
         clip_ids = self._tokens(self.pipe.tokenizer, texts).input_ids.to(clip.device)
@@ -65,7 +66,8 @@ class FluxFamily(SDFamily):
     def row_inputs(self, probes: list) -> list[torch.Tensor]:
         return [torch.tensor([float(p.guidance) for p in probes], dtype=torch.float32)]
 
-    # sampler -------------------------------------------------------------------------------------------------
+    # sampler
+    # -------------------------------------------------------------------------------------------------
     def make_scheduler(self, name: str):
         if name not in FLOW_SAMPLERS:
             raise EraseLabError(f"sampler {name!r} does not apply to flow-matching Flux pipelines; pass "
@@ -80,7 +82,8 @@ class FluxFamily(SDFamily):
     def step_kwargs(self, scheduler, generators: list) -> dict:
         return {}
 
-    # latents and steps ---------------------------------------------------------------------------------------
+    # latents and steps
+    # ---------------------------------------------------------------------------------------
     def _latent_hw(self, height: int, width: int) -> tuple[int, int]:
         scale = int(self.pipe.vae_scale_factor)
         return 2 * (int(height) // (scale * 2)), 2 * (int(width) // (scale * 2))
@@ -121,7 +124,8 @@ class FluxFamily(SDFamily):
                              pooled_projections=pooled, encoder_hidden_states=states, txt_ids=text_ids,
                              img_ids=image_ids, return_dict=False)[0]
 
-    # pixels --------------------------------------------------------------------------------------------------
+    # pixels
+    # --------------------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor, height: int, width: int, lane: int) -> torch.Tensor:
         vae = self.pipe.vae
         z = self.pipe._unpack_latents(latents, height, width, self.pipe.vae_scale_factor)

@@ -37,7 +37,8 @@ class SDFamily:
         """Whether an empty negative prompt is all-zero conditioning instead of the encoding of ""."""
         return False
 
-    # text ----------------------------------------------------------------------------------------------------
+    # text
+    # ----------------------------------------------------------------------------------------------------
     def _tokens(self, tokenizer, texts: list[str]) -> torch.Tensor:
         return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
                          return_tensors="pt")
@@ -61,7 +62,8 @@ class SDFamily:
         """Per-row tensors besides text that the denoiser needs (one entry per row's probe)."""
         return []
 
-    # sampler -------------------------------------------------------------------------------------------------
+    # sampler
+    # -------------------------------------------------------------------------------------------------
     def make_scheduler(self, name: str):
         return make_scheduler(self.pipe, name)
 
@@ -71,7 +73,8 @@ class SDFamily:
     def step_kwargs(self, scheduler, generators: list) -> dict:
         return step_kwargs(scheduler, generators)
 
-    # latents and steps ---------------------------------------------------------------------------------------
+    # latents and steps
+    # ---------------------------------------------------------------------------------------
     def initial_latents(self, generators: list, height: int, width: int, scheduler) -> torch.Tensor:
         from diffusers.utils.torch_utils import randn_tensor
 
@@ -95,7 +98,8 @@ class SDFamily:
         """The denoiser's output for rows `x` at timestep `t`, each row with its own conditioning."""
         return self.pipe.unet(x, t, encoder_hidden_states=conditioning[0], return_dict=False)[0]
 
-    # pixels --------------------------------------------------------------------------------------------------
+    # pixels
+    # --------------------------------------------------------------------------------------------------
     def decode(self, latents: torch.Tensor, height: int, width: int, lane: int) -> torch.Tensor:
         vae = self.pipe.vae
         return in_lanes(lambda z: vae.decode(z / vae.config.scaling_factor, return_dict=False)[0],

@@ -3,9 +3,9 @@
 As in diffusers' StableDiffusionXLPipeline (txt2img, no refiner): each text goes through both encoders, the
 penultimate hidden states are concatenated along the feature axis, the second encoder's projected pooled
 output is the "text_embeds" added condition, and the "time_ids" are (original size, crop top-left, target
-size) = (h, w, 0, 0, h, w) for every row. An empty negative prompt is all-zero conditioning when the pipeline's
-force_zeros_for_empty_prompt is set (SDXL base sets it), as `pipe(prompt)` does without a negative prompt. The
-VAE decodes in float32 when the pipeline runs in float16 and the VAE config asks to be upcast.
+size) = (h, w, 0, 0, h, w) for every row. An empty negative prompt is all-zero conditioning when the
+pipeline's force_zeros_for_empty_prompt is set (SDXL base sets it), as `pipe(prompt)` does without a negative
+prompt. The VAE decodes in float32 when the pipeline runs in float16 and the VAE config asks to be upcast.
 """
 from __future__ import annotations
 

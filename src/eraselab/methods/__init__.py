@@ -38,7 +38,9 @@ def family_of_model_name(model: str) -> str | None:
 
     try:
         kind, path = resolve_model(model)
-        index = json.loads((path / "model_index.json").read_text(encoding="utf-8")) if kind == "folder" else None
+        index = (
+            json.loads((path / "model_index.json").read_text(encoding="utf-8")) if kind == "folder" else None
+        )
     except (EraseLabError, OSError, ValueError):
         return None  # the model's own checks report it, in their words
     if not isinstance(index, dict):
@@ -67,18 +69,21 @@ def check_pipeline(eraser_cls, pipe) -> str:
 
 
 def erase(pipe, method: str, targets, preserve=(), progress: bool = True, domain=None, **config):
-    """Erase `targets` from `pipe` with `method`; returns an `eraselab.edits.Edit` and leaves `pipe` unchanged.
+    """Erase `targets` from `pipe` with `method`; returns an `eraselab.edits.Edit` and leaves `pipe`
+    unchanged.
 
-    `config` keys are the method's (see `eraselab methods`); preset="auto" picks SD 1.x reference defaults or the
-    scaled-down miniworld ones by the model. `domain`: the concepts' Domain (eraselab.domain; None: the model's).
+    `config` keys are the method's (see `eraselab methods`); preset="auto" picks SD 1.x reference defaults or
+    the scaled-down miniworld ones by the model. `domain`: the concepts' Domain (eraselab.domain; None: the
+    model's).
     """
     from ..models import fingerprint
 
     # A method that has no version for the model's family, or a pipeline the generation engine cannot run
     # (an edit for it could never be used), is refused before any work, in one line.
     family = check_pipeline(get_method(method), pipe)
-    eraser_cls, request = build_request(method, targets, preserve, pipe=pipe, progress=progress, domain=domain,
-                                        **config)
+    eraser_cls, request = build_request(
+        method, targets, preserve, pipe=pipe, progress=progress, domain=domain, **config
+    )
     if eraser_cls.needs_cross_attention and family in UNET_FAMILIES:
         check_cross_attention(pipe)
     # The base fingerprint (a hash over gigabytes of weights on SD) is computed now, outside the method's

@@ -11,8 +11,8 @@ MODES = ("hard", "topk")
 
 def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None = None,
                    hard: bool = True) -> torch.Tensor:
-    """Gumbel-softmax sample over the last axis; hard=True returns the one-hot of the argmax in the forward pass
-    and the soft sample's gradient in the backward pass (straight-through). Seeded by `generator`."""
+    """Gumbel-softmax sample over the last axis; hard=True returns the one-hot of the argmax in the forward
+    pass and the soft sample's gradient in the backward pass (straight-through). Seeded by `generator`."""
     u = torch.rand(logits.shape, generator=generator).to(logits.device).clamp(1e-10, 1 - 1e-10)
     soft = torch.softmax((logits - torch.log(-torch.log(u))) / tau, dim=-1)
     if not hard:
@@ -40,8 +40,9 @@ def mix(weights: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
 def search_step(logits: torch.Tensor, optimizer: torch.optim.Optimizer, embeddings: torch.Tensor,
                 preservation_loss: Callable[[torch.Tensor], torch.Tensor],
                 weights: torch.Tensor) -> tuple[int, float]:
-    """One ascent step of π on `preservation_loss(c_a)`, c_a = mix(weights, embeddings) with `weights` a sample
-    drawn from `logits` by `concept_weights` (so gradients reach π). Returns (concept sampled, its loss)."""
+    """One ascent step of π on `preservation_loss(c_a)`, c_a = mix(weights, embeddings) with `weights` a
+    sample drawn from `logits` by `concept_weights` (so gradients reach π). Returns (concept sampled, its
+    loss)."""
     loss = preservation_loss(mix(weights, embeddings))
     (grad,) = torch.autograd.grad(-loss, [logits])
     optimizer.zero_grad(set_to_none=True)

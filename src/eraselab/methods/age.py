@@ -40,14 +40,31 @@ class AGEConfig(APConfig):
     target_weight: float = 1.0
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
-        Recipe("published", AGE_REFERENCE,
-               "AGE as in its published runs: hard Gumbel-softmax τ 0.1, the 100 closest words without k-means, "
-               "λ 1, π lr 1e-2, search gradient through θ only"),
-        Recipe("script-defaults", AGE_REFERENCE,
-               "train_age.py's own argument defaults: soft top-5 mixture, τ 2, k-means++ to 100 of the 1000 "
-               "closest words without special tokens, π lr 1e-3",
-               {"tau": 2.0, "mode": "topk", "top_k": 5, "k_closest": 1000, "num_centers": 100,
-                "ignore_special_tokens": True, "pi_lr": 1e-3}),
+        Recipe(
+            "published",
+            AGE_REFERENCE,
+            (
+                "AGE as in its published runs: hard Gumbel-softmax τ 0.1, the 100 closest words without "
+                "k-means, λ 1, π lr 1e-2, search gradient through θ only"
+            ),
+        ),
+        Recipe(
+            "script-defaults",
+            AGE_REFERENCE,
+            (
+                "train_age.py's own argument defaults: soft top-5 mixture, τ 2, k-means++ to 100 of the 1000 "
+                "closest words without special tokens, π lr 1e-3"
+            ),
+            {
+                "tau": 2.0,
+                "mode": "topk",
+                "top_k": 5,
+                "k_closest": 1000,
+                "num_centers": 100,
+                "ignore_special_tokens": True,
+                "pi_lr": 1e-3,
+            },
+        ),
     )
     # Preserving the searched concept as well as the neighbours pulls harder against the erasure than in AP.
     # AGE erases on miniworld with the reference's timestep pairing (unlike AP): only the step size changes.

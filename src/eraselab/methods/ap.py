@@ -1,20 +1,22 @@
-"""AP — Adversarial Preservation (Bui et al., NeurIPS 2024): ESD-style erasure in x̂₀ space that at the same time
-preserves the concept the current edit damages most, found by a Gumbel-softmax search over candidate concepts.
+"""AP — Adversarial Preservation (Bui et al., NeurIPS 2024): ESD-style erasure in x̂₀ space that at the same
+time preserves the concept the current edit damages most, found by a Gumbel-softmax search over candidate
+concepts.
 
 Reference: tuananhbui89/Erasing-Adversarial-Preservation@7222925bc31348c00ed0896eb3148acf2d669d7d,
 train_adversarial_gumbel.py (with gen_embedding_matrix.py for the candidates), run as its run_*.sh scripts do
 (gumbel_lr 1e-2, temperature 2, hard, 100 centres of the 1000 closest EN3K words, lr 1e-5, 1000 iterations).
 
-Per step, for a target c drawn at random: sample a concept c_a from that target's own logits π_c (Gumbel-softmax),
-draw a DDIM index s and a timestep as the CompVis code does, roll out with the model being trained from one
-shared noise conditioned on c (→ z) and on c_a (→ z_a). Even steps update θ:
+Per step, for a target c drawn at random: sample a concept c_a from that target's own logits π_c
+(Gumbel-softmax), draw a DDIM index s and a timestep as the CompVis code does, roll out with the model being
+trained from one shared noise conditioned on c (→ z) and on c_a (→ z_a). Even steps update θ:
     ‖x̂₀_θ(z,c) − [x̂₀*(z,a) − η(x̂₀*(z,c) − x̂₀*(z,a))]‖² + w ‖x̂₀_θ(z_a,c_a) − x̂₀*(z_a,c_a)‖²
 with anchor a = ∅ (AGE replaces it); odd steps update π_c to maximise the second term, the frozen model's
 x̂₀* being a constant (computed without gradient), so the search gradient flows through θ's prediction only.
 x̂₀ is formed with ᾱ of DDIM timestep s counted from t = 0 (the reference's `ddim_alphas[t_enc]`), the UNet
 sees a training timestep in [s·T/S, (s+1)·T/S), and the rollout has run S + 1 − s steps from t = T.
-Candidates per target: vocabulary → the k closest by L2 of the full encoder output (the target itself included)
-→ the word nearest each of num_centers sklearn-style k-means++ centres of those similarities (vocabulary.py).
+Candidates per target: vocabulary → the k closest by L2 of the full encoder output (the target itself
+included) → the word nearest each of num_centers sklearn-style k-means++ centres of those similarities
+(vocabulary.py).
 
 eraselab's own options (off in every reference recipe): `exact_search_gradient` (differentiate the frozen
 model's prediction in c_a too), `in_bin_timestep` (train at a timestep of the rolled-out latent's own noise
@@ -70,37 +72,52 @@ class APConfig(MethodConfig):
                "AP as in its run scripts: per-target candidates (1000 closest words, 100 k-means++ centres, "
                "target kept), hard Gumbel-softmax τ 2, π lr 1e-2, search gradient through θ only"),
     )
-    # The preservation term pulls against the erasure, so AP needs a larger step than ESD-x on miniworld. The one
-    # setting beyond scale: the reference's CompVis timestep pairing does not erase on miniworld's 20-step
-    # schedule, and more steps or a finer schedule make it worse (benchmarks/RESULTS.md, effect on miniworld), so
-    # the preset trains at the rolled-out latent's own timestep (eraselab's in_bin_timestep option).
+    # The preservation term pulls against the erasure, so AP needs a larger step than ESD-x on miniworld. The
+    # one setting beyond scale: the reference's CompVis timestep pairing does not erase on miniworld's 20-step
+    # schedule, and more steps or a finer schedule make it worse (benchmarks/RESULTS.md, effect on miniworld),
+    # so the preset trains at the rolled-out latent's own timestep (eraselab's in_bin_timestep option).
     miniworld: ClassVar[dict] = {"iterations": 150, "lr": 2e-4, "ddim_steps": 20, "num_centers": 20,
                                  "in_bin_timestep": True}
-    help: ClassVar[dict] = {**MethodConfig.help,
-                            "iterations": "θ updates (as many π updates alternate with them)",
-                            "lr": "Adam learning rate of θ", "pi_lr": "Adam learning rate of the logits π",
-                            "tau": "Gumbel-softmax temperature",
-                            "negative_guidance": "η of the erase term (paper convention, as ESD)",
-                            "preserve_weight": "weight of the preservation term",
-                            "ddim_steps": "DDIM steps of the partial rollout's sampler",
-                            "rollout_guidance": "CFG scale of the partial rollout",
-                            "vocabulary": "auto (the domain's: miniworld's words or en3k), concepts (the "
-                                          "domain's concept names), en3k, clip, imagenet, miniworld or a "
-                                          "file",
-                            "k_closest": "vocabulary words kept by L2 distance to the target",
-                            "num_centers": "k-means++ centres = candidates per target; ≤ 0 or ≥ k_closest: "
-                                           "no k-means, the k_closest words themselves",
-                            "ignore_special_tokens": "skip vocabulary words with characters outside a-z "
-                                                     "(spaces, hyphens, digits), as the reference does",
-                            "kmeans_runs": "k-means++ restarts (sklearn's n_init: 1 in sklearn ≥ 1.4, 10 before)",
-                            "train": "parameters: x (cross-attention: objects, artists) or u (the rest: nudity)",
-                            "exact_search_gradient": "eraselab option: the π search also differentiates the "
-                                                     "frozen model's prediction (reference: θ's only)",
-                            "in_bin_timestep": "eraselab option: train at a timestep of the rolled-out latent's "
-                                               "own noise level (reference: CompVis pairing, ~2 DDIM steps off)",
-                            "exclude_targets": "eraselab option: drop the targets (and their synonyms in the "
-                                               "domain) from the candidates (reference: the target stays a "
-                                               "candidate)"}
+    help: ClassVar[dict] = {
+        **MethodConfig.help,
+        "iterations": "θ updates (as many π updates alternate with them)",
+        "lr": "Adam learning rate of θ",
+        "pi_lr": "Adam learning rate of the logits π",
+        "tau": "Gumbel-softmax temperature",
+        "negative_guidance": "η of the erase term (paper convention, as ESD)",
+        "preserve_weight": "weight of the preservation term",
+        "ddim_steps": "DDIM steps of the partial rollout's sampler",
+        "rollout_guidance": "CFG scale of the partial rollout",
+        "vocabulary": (
+            "auto (the domain's: miniworld's words or en3k), concepts (the "
+            "domain's concept names), en3k, clip, imagenet, miniworld or a "
+            "file"
+        ),
+        "k_closest": "vocabulary words kept by L2 distance to the target",
+        "num_centers": (
+            "k-means++ centres = candidates per target; ≤ 0 or ≥ k_closest: "
+            "no k-means, the k_closest words themselves"
+        ),
+        "ignore_special_tokens": (
+            "skip vocabulary words with characters outside a-z "
+            "(spaces, hyphens, digits), as the reference does"
+        ),
+        "kmeans_runs": "k-means++ restarts (sklearn's n_init: 1 in sklearn ≥ 1.4, 10 before)",
+        "train": "parameters: x (cross-attention: objects, artists) or u (the rest: nudity)",
+        "exact_search_gradient": (
+            "eraselab option: the π search also differentiates the "
+            "frozen model's prediction (reference: θ's only)"
+        ),
+        "in_bin_timestep": (
+            "eraselab option: train at a timestep of the rolled-out latent's "
+            "own noise level (reference: CompVis pairing, ~2 DDIM steps off)"
+        ),
+        "exclude_targets": (
+            "eraselab option: drop the targets (and their synonyms in the "
+            "domain) from the candidates (reference: the target stays a "
+            "candidate)"
+        ),
+    }
 
     def validate(self) -> None:
         positive(self, "iterations", "lr", "pi_lr", "tau", "ddim_steps", "k_closest", "kmeans_runs")
@@ -121,10 +138,12 @@ class Pool:
 @register
 class AP(Eraser):
     name = "ap"
-    description = "adversarial preservation: ESD-like x̂₀ erasure preserving the most damaged candidate concept"
+    description = (
+        "adversarial preservation: ESD-like x̂₀ erasure preserving the most damaged candidate concept"
+    )
     Config = APConfig
 
-    # ---- what AGE changes -----------------------------------------------------------------------------------
+    # ---- what AGE changes ----------------------------------------------------------------------------------
     def search_mode(self, cfg) -> tuple[str, int]:
         return "hard", 1
 
@@ -135,7 +154,7 @@ class AP(Eraser):
     def preserve_weight(self, cfg) -> float:
         return cfg.preserve_weight
 
-    # ---- the loop -------------------------------------------------------------------------------------------
+    # ---- the loop ------------------------------------------------------------------------------------------
     def erase(self, pipe, request: EraseRequest):
         cfg = request.config
         session = TrainingSession(pipe, cfg.train, cfg.lr, cfg.seed)
@@ -154,8 +173,8 @@ class AP(Eraser):
                 for step in range(2 * cfg.iterations):
                     target = session.choice(request.targets)
                     cond, pool = conds[target], pools[target]
-                    # One concept sample per step, used for the rollout and the loss alike; differentiable in π
-                    # on search steps.
+                    # One concept sample per step, used for the rollout and the loss alike; differentiable in
+                    # π on search steps.
                     search = step % 2 == 1
                     weights = concept_weights(pool.logits if search else pool.logits.detach(), cfg.tau, mode,
                                               top_k, session.generator)
@@ -165,8 +184,9 @@ class AP(Eraser):
                     if not search:
                         advance(self.model_step(session, schedule, z, z_a, t, t_x0, cond, uncond, adv, cfg))
                         continue
-                    loss_fn = functools.partial(self.search_objective, session, schedule, z, z_a, t, t_x0, cond,
-                                                uncond, cfg)
+                    loss_fn = functools.partial(
+                        self.search_objective, session, schedule, z, z_a, t, t_x0, cond, uncond, cfg
+                    )
                     pick, value = search_step(pool.logits, pi_optimizer, pool.embeddings, loss_fn, weights)
                     picks[f"{target}: {pool.names[pick]}" if len(pools) > 1 else pool.names[pick]] += 1
                     search_losses.append(value)
@@ -204,7 +224,7 @@ class AP(Eraser):
             pools[target] = Pool(names, emb, dist, logits)
         return pools
 
-    # ---- one step's pieces ----------------------------------------------------------------------------------
+    # ---- one step's pieces ---------------------------------------------------------------------------------
     @staticmethod
     def sample_timesteps(schedule: NoiseSchedule, generator: torch.Generator, cfg) -> tuple[int, int, int]:
         """(DDIM steps to roll out, the UNet's training timestep, the timestep whose ᾱ forms x̂₀).
@@ -244,7 +264,8 @@ class AP(Eraser):
         return session.step(loss)
 
     def search_objective(self, session, schedule, z, z_a, t, t_x0, cond, uncond, cfg, adv) -> torch.Tensor:
-        """What π ascends, differentiable in c_a: AP's preservation loss (AGE adds its constant erase term)."""
+        """What π ascends, differentiable in c_a: AP's preservation loss (AGE adds its constant erase
+        term)."""
         return self.preserve_weight(cfg) * self.preservation(session, schedule, z_a, t, t_x0, adv, cfg)
 
     def preservation(self, session, schedule, z_a, t, t_x0, adv, cfg) -> torch.Tensor:

@@ -1,5 +1,7 @@
 """Diffusion arithmetic the training-based methods share: partial rollouts (eraselab's DDIM, or the pipeline's
-own scheduler), ESD's pairing of the rollout's stopping step with a training timestep, and ε ↔ x̂₀ conversion."""
+own scheduler), ESD's pairing of the rollout's stopping step with a training timestep, and ε ↔ x̂₀
+conversion."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,7 +13,8 @@ from ..errors import EraseLabError
 
 @dataclass
 class NoiseSchedule:
-    """The training schedule's ᾱ_t and the DDIM timesteps of an n-step sampler (from the pipeline's scheduler)."""
+    """The training schedule's ᾱ_t and the DDIM timesteps of an n-step sampler (from the pipeline's
+    scheduler)."""
 
     alphas_cumprod: torch.Tensor  # (T,)
     timesteps: torch.Tensor  # (steps,), descending
@@ -27,19 +30,25 @@ class NoiseSchedule:
         from diffusers import DDIMScheduler
 
         if sampler not in SAMPLERS:
-            raise EraseLabError(f"config rollout_sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}")
+            raise EraseLabError(
+                f"config rollout_sampler must be one of {', '.join(SAMPLERS)}, not {sampler!r}"
+            )
         # Private schedulers: the pipeline's own scheduler object (and its state) stays untouched.
         sched = DDIMScheduler.from_config(pipe.scheduler.config)
         sched.set_timesteps(steps)
         ptype = sched.config.prediction_type
         if ptype not in ("epsilon", "v_prediction"):
-            raise EraseLabError(f"the model predicts {ptype!r}; these methods support epsilon and v_prediction")
+            raise EraseLabError(
+                f"the model predicts {ptype!r}; these methods support epsilon and v_prediction"
+            )
         timesteps, own = sched.timesteps.long(), None
         if sampler == "pipeline":
             own = type(pipe.scheduler).from_config(pipe.scheduler.config)
             own.set_timesteps(steps)
             timesteps = torch.as_tensor(own.timesteps).long().cpu()
-        return cls(sched.alphas_cumprod.float(), timesteps, float(sched.final_alpha_cumprod), ptype, steps, own)
+        return cls(
+            sched.alphas_cumprod.float(), timesteps, float(sched.final_alpha_cumprod), ptype, steps, own
+        )
 
     @property
     def stride(self) -> int:
@@ -53,7 +62,9 @@ class NoiseSchedule:
     def num_train_timesteps(self) -> int:
         return len(self.alphas_cumprod)
 
-    def sample_step_and_timestep(self, generator: torch.Generator, pairing: str = "in-bin") -> tuple[int, int]:
+    def sample_step_and_timestep(
+        self, generator: torch.Generator, pairing: str = "in-bin"
+    ) -> tuple[int, int]:
         """How many rollout steps to run (`stop`: the latent is then at noise level timesteps[stop]) and the
         training timestep t to use on that latent, drawn by `pairing` (S DDIM steps, T training timesteps):
 
@@ -86,7 +97,7 @@ class NoiseSchedule:
         lo, hi = compvis_timestep_range(t_enc, steps, self.num_train_timesteps)
         return t_enc, min(steps + 1 - t_enc, steps), int(torch.randint(lo, hi, (1,), generator=generator))
 
-    # ---- conversions ----------------------------------------------------------------------------------------
+    # ---- conversions ---------------------------------------------------------------------------------------
     def to_eps(self, model_out: torch.Tensor, x: torch.Tensor, t) -> torch.Tensor:
         if self.prediction_type == "epsilon":
             return model_out
@@ -171,7 +182,8 @@ def rollout(unet, schedule: NoiseSchedule, noise: torch.Tensor, cond: torch.Tens
 def scheduler_rollout(unet, schedule: NoiseSchedule, noise: torch.Tensor, cond: torch.Tensor,
                       uncond: torch.Tensor, stop: int, guidance: float) -> torch.Tensor:
     """The first `stop` steps of the pipeline's own sampler (schedule.scheduler) with CFG on the raw model
-    output, as a diffusers pipeline runs them; a fresh copy per call, so multistep state (PNDM) starts empty."""
+    output, as a diffusers pipeline runs them; a fresh copy per call, so multistep state (PNDM) starts
+    empty."""
     sched = type(schedule.scheduler).from_config(schedule.scheduler.config)
     sched.set_timesteps(schedule.steps or len(schedule.timesteps))
     b = noise.shape[0]

@@ -1,5 +1,5 @@
-"""MACE — Mass Concept Erasure (Lu et al., CVPR 2024): a closed-form refinement of the cross-attention keys and
-values, one LoRA per target trained to remove the target's attention inside its region, and a closed-form
+"""MACE — Mass Concept Erasure (Lu et al., CVPR 2024): a closed-form refinement of the cross-attention keys
+and values, one LoRA per target trained to remove the target's attention inside its region, and a closed-form
 fusion of the LoRAs into one set of weights.
 
 Reference: Shilin-LU/MACE@057e7a6edadc6bbb5ca94700f416372e35bed083 — training.py runs
@@ -13,8 +13,8 @@ cross-attention projection W (attn2.to_k and attn2.to_v):
    prefix and suffix (and the padding after them), so the rows c_old are every token of the target prompt but
    the target's own words, c_new the aligned rows of the mapping prompt:
        W₁ = (λ W₀ + Σ W₀ c_new c_oldᵀ + s_t² w W₀ P) (λ I + Σ c_old c_oldᵀ + s_t² w P)⁻¹
-   with P = Σ c cᵀ over every token of the preserved texts (the official code multiplies its preservation cache
-   by train_preserve_scale twice; kept). This is UCE's closed form (methods/uce.py uce_transform).
+   with P = Σ c cᵀ over every token of the preserved texts (the official code multiplies its preservation
+   cache by train_preserve_scale twice; kept). This is UCE's closed form (methods/uce.py uce_transform).
 2. LoRA (rank r, on attn2 to_k and to_v, up initialised to 0 and down to N(0, 1/r²)), one per target, on top
    of W₁. A step (batch 1): an image of the target x₀ with its region mask M, a random template prompt, noise,
    t drawn by "relation-focal importance sampling" p(t) ∝ σ(0.05(t−200)) − σ(0.05(t−400)),
@@ -35,14 +35,15 @@ a named segmentation model (`segmenter`) is not supported yet. Styles use every 
 
 Where eraselab differs from the official code, and why:
 - generated examples are eraselab's DDIM latents (the official code saves DPM-Solver JPEGs and re-encodes them
-  with a VAE posterior sample after ImageNet mean/std normalisation); rendered examples are VAE posterior samples
-  of images in the VAE's own [-1, 1] range;
-- no COCO prior-preservation cache (cache_coco.pt): the preservation matrix P comes from the preserved concepts
-  written into the targets' templates; object recipes have all preservation weights 0, so they are unaffected;
+  with a VAE posterior sample after ImageNet mean/std normalisation); rendered examples are VAE posterior
+  samples of images in the VAE's own [-1, 1] range;
+- no COCO prior-preservation cache (cache_coco.pt): the preservation matrix P comes from the preserved
+  concepts written into the targets' templates; object recipes have all preservation weights 0, so they are
+  unaffected;
 - closed forms are solved in float64 (the official code inverts in float32);
 - several targets share one mapping concept (the official config lists one per target).
-Closed-world adaptation (template=auto): on the miniworld model the prompts are the world's own captions of the
-target ("a circle", "a red circle", "a small circle", ...) rather than the photo templates it never saw.
+Closed-world adaptation (template=auto): on the miniworld model the prompts are the world's own captions of
+the target ("a circle", "a red circle", "a small circle", ...) rather than the photo templates it never saw.
 """
 from __future__ import annotations
 
@@ -72,16 +73,18 @@ REGIONS = ("auto", "renderer", "attention", "none")
 TEMPLATES = ("auto", "official", "domain")
 # The official prompt augmentation (src/cfr_utils.py prompt_augmentation); the dataset samples aug_length of
 # the first prompt_len (30 of 30 in every config).
+# fmt: off
 OBJECT_TEMPLATES = (
-    "{} in a photo", "{} in a snapshot", "A snapshot of {}", "A photograph showcasing {}", "An illustration of {}",
-    "A digital rendering of {}", "A visual representation of {}", "A graphic of {}", "A shot of {}",
-    "A photo of {}", "A black and white image of {}", "A depiction in portrait form of {}",
+    "{} in a photo", "{} in a snapshot", "A snapshot of {}", "A photograph showcasing {}",
+    "An illustration of {}", "A digital rendering of {}", "A visual representation of {}", "A graphic of {}",
+    "A shot of {}", "A photo of {}", "A black and white image of {}", "A depiction in portrait form of {}",
     "A scene depicting {} during a public gathering", "{} captured in an image",
     "A depiction created with oil paints capturing {}", "An image of {}",
     "A drawing capturing the essence of {}", "An official photograph featuring {}", "A detailed sketch of {}",
-    "{} during sunset/sunrise", "{} in a detailed portrait", "An official photo of {}", "Historic photo of {}",
-    "Detailed portrait of {}", "A painting of {}", "HD picture of {}", "Magazine cover capturing {}",
-    "Painting-like image of {}", "Hand-drawn art of {}", "An oil portrait of {}", "{} in a sketch painting")
+    "{} during sunset/sunrise", "{} in a detailed portrait", "An official photo of {}",
+    "Historic photo of {}", "Detailed portrait of {}", "A painting of {}", "HD picture of {}",
+    "Magazine cover capturing {}", "Painting-like image of {}", "Hand-drawn art of {}",
+    "An oil portrait of {}", "{} in a sketch painting")
 STYLE_TEMPLATES = (
     "An artwork by {}", "Art piece by {}", "A recent creation by {}", "{}'s renowned art",
     "Latest masterpiece by {}", "A stunning image by {}", "An art in {}'s style", "Exhibition artwork of {}",
@@ -92,6 +95,7 @@ STYLE_TEMPLATES = (
     "Abstract work of {}", "{}'s famous drawing", "Art from {}'s early period", "A portrait by {}",
     "An imitation reflecting the style of {}", "An painting from {}'s collection",
     "Vibrant reproduction of artwork by {}", "Artistic image influenced by {}")
+# fmt: on
 # The prompts the official data preparation (inference.py) generates training images with.
 EXAMPLE_PROMPTS = {"object": "a photo of the {}", "style": "a photo in the style of {}"}
 
@@ -123,10 +127,16 @@ class MACEConfig(MethodConfig):
     auto_preserve: str = "auto"
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
-        Recipe("object", OBJECT,
-               "the object configs: CFR with λ 100, one rank-1 LoRA per target on attn2 K/V, 50 steps of the "
-               "attention loss inside the target's region at lr 1e-5 (AdamW wd 0.01, clip 1), importance-sampled "
-               "timesteps, end-of-text tokens included, 30 prompt templates, no preservation terms"),
+        Recipe(
+            "object",
+            OBJECT,
+            (
+                "the object configs: CFR with λ 100, one rank-1 LoRA per target on attn2 K/V, 50 steps of "
+                "the attention loss inside the target's region at lr 1e-5 (AdamW wd 0.01, clip 1), "
+                "importance-sampled timesteps, end-of-text tokens included, 30 prompt templates, no "
+                "preservation terms"
+            ),
+        ),
     )
     # The miniworld LoRA starts from zero on a small UNet, so it needs a far larger step than SD's lr 1e-5 to
     # move in 100 steps. Its 64-wide text space puts every class's end-of-text rows close to the target's, so
@@ -137,30 +147,45 @@ class MACEConfig(MethodConfig):
                                  "fuse_preserve_scale": 0.1, "preserve_weight": 1.0}
     help: ClassVar[dict] = {
         **MethodConfig.help,
-        "mapping": "concept the targets' context tokens are mapped to in the refinement ('' = nothing; the "
-                   "official object configs name a background word per object: automobile → sky)",
+        "mapping": (
+            "concept the targets' context tokens are mapped to in the refinement ('' = nothing; the "
+            "official object configs name a background word per object: automobile → sky)"
+        ),
         "concept_type": "object (prompt templates and region masks) or style (art templates, every pixel)",
         "lamb": "λ, weight of ‖W − W_old‖² in both closed forms",
-        "lr": "AdamW learning rate of the LoRAs", "steps": "LoRA training steps per target (batch 1)",
-        "rank": "LoRA rank", "use_pooler": "also suppress the end-of-text tokens' attention (official: true)",
+        "lr": "AdamW learning rate of the LoRAs",
+        "steps": "LoRA training steps per target (batch 1)",
+        "rank": "LoRA rank",
+        "use_pooler": "also suppress the end-of-text tokens' attention (official: true)",
         "importance_sampling": "draw timesteps from the 200–400 bump (official) instead of uniformly",
         "augment": "write each concept into the prompt templates (false: 'A photo of {}' only)",
         "prompts": "how many of the prompt templates to use (the first ones)",
-        "train_preserve_scale": "weight of the preservation matrix in the refinement (squared, as officially)",
+        "train_preserve_scale": (
+            "weight of the preservation matrix in the refinement (squared, as officially)"
+        ),
         "fuse_preserve_scale": "weight of the preservation matrix in the fusion",
         "preserve_weight": "weight of the preserved concepts' matrix inside the preservation terms",
-        "weight_decay": "AdamW weight decay", "max_grad_norm": "gradient-norm clip (0 = none)",
-        "images": "training images per target", "sample_steps": "DDIM steps generating them",
+        "weight_decay": "AdamW weight decay",
+        "max_grad_norm": "gradient-norm clip (0 = none)",
+        "images": "training images per target",
+        "sample_steps": "DDIM steps generating them",
         "sample_guidance": "CFG scale generating them",
-        "regions": "where the loss looks: auto (the world's renderer where there is one, else attention; "
-                   "none for styles), renderer, attention (thresholded cross-attention maps of the target's "
-                   "tokens), none (every pixel)",
-        "attention_threshold": "regions=attention: a pixel is in the region where the min-max normalised map "
-                               "reaches this",
-        "segmenter": "a segmentation model for the regions (Grounded-SAM in the official code): not supported "
-                     "yet, leave empty",
-        "template": "prompts: official (the photo/art templates), domain (the domain's captions: on a closed "
-                    "world its attribute phrases), auto (domain on the miniworld model, else official)",
+        "regions": (
+            "where the loss looks: auto (the world's renderer where there is one, else attention; "
+            "none for styles), renderer, attention (thresholded cross-attention maps of the target's "
+            "tokens), none (every pixel)"
+        ),
+        "attention_threshold": (
+            "regions=attention: a pixel is in the region where the min-max normalised map reaches this"
+        ),
+        "segmenter": (
+            "a segmentation model for the regions (Grounded-SAM in the official code): not supported "
+            "yet, leave empty"
+        ),
+        "template": (
+            "prompts: official (the photo/art templates), domain (the domain's captions: on a closed "
+            "world its attribute phrases), auto (domain on the miniworld model, else official)"
+        ),
     }
 
     def validate(self) -> None:
@@ -175,11 +200,13 @@ class MACEConfig(MethodConfig):
             raise EraseLabError(f"config attention_threshold must be between 0 and 1, got "
                                 f"{self.attention_threshold}")
         if self.segmenter:
-            raise EraseLabError(f"segmenter {self.segmenter!r}: segmentation models are not supported yet; drop "
-                                "the segmenter key (thresholded cross-attention maps are used)")
+            raise EraseLabError(
+                f"segmenter {self.segmenter!r}: segmentation models are not supported yet; drop "
+                "the segmenter key (thresholded cross-attention maps are used)"
+            )
 
 
-# ---- prompts ------------------------------------------------------------------------------------------------
+# ---- prompts -----------------------------------------------------------------------------------------------
 @dataclass
 class ConceptPrompts:
     """One target's prompts, each with the same prompt naming the mapping concept instead, and the word whose
@@ -232,7 +259,9 @@ def aligned_positions(old_ids: list[int], new_ids: list[int], length: int) -> tu
     return old, new
 
 
-def refinement_rows(encoder: PromptEncoder, concepts: list[ConceptPrompts]) -> tuple[torch.Tensor, torch.Tensor]:
+def refinement_rows(
+    encoder: PromptEncoder, concepts: list[ConceptPrompts]
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(c_old, c_new): the aligned context rows of every target prompt and its mapped prompt."""
     tok = encoder.tokenizer
     olds, news = [], []
@@ -253,9 +282,11 @@ def all_rows(encoder: PromptEncoder, prompts: list[str], width: int) -> torch.Te
 
 
 def target_positions(tokenizer, prompt: str, word: str, use_pooler: bool) -> torch.Tensor:
-    """Boolean (tokens,) mask of the positions whose attention the loss suppresses: every occurrence of `word`'s
-    tokens, and with use_pooler every end-of-text token of the padded sequence."""
-    ids = tokenizer(prompt, truncation=True, padding="max_length", max_length=tokenizer.model_max_length).input_ids
+    """Boolean (tokens,) mask of the positions whose attention the loss suppresses: every occurrence of
+    `word`'s tokens, and with use_pooler every end-of-text token of the padded sequence."""
+    ids = tokenizer(
+        prompt, truncation=True, padding="max_length", max_length=tokenizer.model_max_length
+    ).input_ids
     word_ids = tokenizer(word, add_special_tokens=False).input_ids
     end = tokenizer("<|endoftext|>", add_special_tokens=False).input_ids[0]
     mask = torch.zeros(len(ids), dtype=torch.bool)
@@ -269,15 +300,23 @@ def target_positions(tokenizer, prompt: str, word: str, use_pooler: bool) -> tor
     return mask
 
 
-# ---- closed forms ---------------------------------------------------------------------------------------------
+# ---- closed forms ------------------------------------------------------------------------------------------
 def refinement_transform(old: torch.Tensor, new: torch.Tensor, preserve: torch.Tensor, cfg: MACEConfig):
     """T with W₁ = W₀ T (stage 1); the preservation weight is squared as in cfr_lora_training.py."""
-    return uce_transform(old, new, preserve, cfg.lamb, 1.0, cfg.train_preserve_scale ** 2 * cfg.preserve_weight)
+    return uce_transform(old, new, preserve, cfg.lamb, 1.0, cfg.train_preserve_scale**2 * cfg.preserve_weight)
 
 
-def fuse(refined: dict[str, torch.Tensor], base: dict[str, torch.Tensor], deltas: list[dict[str, torch.Tensor]],
-         grams: list[torch.Tensor], preserve_gram: torch.Tensor, lamb: float, preserve_scale: float):
-    """Stage 3: W = (λ W₁ + Σ_i (W₁ + ΔW_i) G_i + s W₀ P)(λ I + Σ_i G_i + s P)⁻¹, per projection, in float64."""
+def fuse(
+    refined: dict[str, torch.Tensor],
+    base: dict[str, torch.Tensor],
+    deltas: list[dict[str, torch.Tensor]],
+    grams: list[torch.Tensor],
+    preserve_gram: torch.Tensor,
+    lamb: float,
+    preserve_scale: float,
+):
+    """Stage 3: W = (λ W₁ + Σ_i (W₁ + ΔW_i) G_i + s W₀ P)(λ I + Σ_i G_i + s P)⁻¹, per projection, in
+    float64."""
     d = preserve_gram.shape[0]
     eye = torch.eye(d, dtype=torch.float64, device=preserve_gram.device)
     m2 = lamb * eye + sum(grams) + preserve_scale * preserve_gram
@@ -296,7 +335,7 @@ def gram(rows: torch.Tensor) -> torch.Tensor:
     return r.T @ r
 
 
-# ---- the attention loss ---------------------------------------------------------------------------------------
+# ---- the attention loss ------------------------------------------------------------------------------------
 def importance_weights(train_timesteps: int, temperature: float = 0.05) -> torch.Tensor:
     """p(t) ∝ σ(τ(t − 200)) − σ(τ(t − 400)) (cfr_utils.py importance_sampling_fn), normalised."""
     t = torch.arange(train_timesteps, dtype=torch.float64)
@@ -317,7 +356,8 @@ def layer_grid(length: int, latent_hw: tuple[int, int]) -> tuple[int, int]:
 def attention_loss(probs: list[torch.Tensor], mask: torch.Tensor | None, positions: torch.Tensor,
                    latent_hw: tuple[int, int]) -> torch.Tensor:
     """Σ over layers of the Frobenius norm of the attention (heads, pixels, tokens) at the region's pixels and
-    the target positions. `probs`: per layer (heads, pixels, tokens) of the one sample; `mask`: (1, 1, H, W)."""
+    the target positions. `probs`: per layer (heads, pixels, tokens) of the one sample; `mask`: (1, 1, H,
+    W)."""
     total = probs[0].new_zeros(())
     for p in probs:
         p = p[:, :, positions.to(p.device)]
@@ -336,14 +376,18 @@ class LoRACrossAttention:
     def __init__(self, trainer: LoRATrainer, name: str):
         self.trainer, self.name = trainer, name
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
+    ):
         lora = self.trainer.lora
         k_down, k_up = lora[f"{self.name}.to_k.down"], lora[f"{self.name}.to_k.up"]
         v_down, v_up = lora[f"{self.name}.to_v.down"], lora[f"{self.name}.to_v.up"]
         batch = hidden_states.shape[0]
         mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch)
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
-        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states) + encoder_hidden_states @ k_down.T @ k_up.T)
+        key = attn.head_to_batch_dim(
+            attn.to_k(encoder_hidden_states) + encoder_hidden_states @ k_down.T @ k_up.T
+        )
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states)
                                        + encoder_hidden_states @ v_down.T @ v_up.T)
         probs = attn.get_attention_scores(query, key, mask)  # (batch·heads, pixels, tokens)
@@ -379,12 +423,25 @@ class LoRATrainer:
     """Trains one target's LoRA on the UNet's cross-attention K/V (whose weights are the refined W₁)."""
 
     def __init__(self, pipe, encoder: PromptEncoder, cfg: MACEConfig, generator: torch.Generator):
-        self.pipe, self.unet, self.encoder, self.cfg, self.generator = pipe, pipe.unet, encoder, cfg, generator
+        self.pipe, self.unet, self.encoder, self.cfg, self.generator = (
+            pipe,
+            pipe.unet,
+            encoder,
+            cfg,
+            generator,
+        )
         self.modules = {n: m for n, m in self.unet.named_modules() if n.endswith("attn2")}
         for n, m in self.modules.items():
-            if m.group_norm is not None or m.spatial_norm is not None or m.norm_cross or m.residual_connection:
-                raise EraseLabError(f"{n}: cross-attention with norms or a residual inside is not supported by "
-                                    "mace; use an SD 1.x/2.x model")
+            if (
+                m.group_norm is not None
+                or m.spatial_norm is not None
+                or m.norm_cross
+                or m.residual_connection
+            ):
+                raise EraseLabError(
+                    f"{n}: cross-attention with norms or a residual inside is not supported by "
+                    "mace; use an SD 1.x/2.x model"
+                )
         self.shapes = {f"{n}.{p}": tuple(getattr(m, p).weight.shape) for n, m in self.modules.items()
                        for p in ("to_k", "to_v")}
         self.schedule = NoiseSchedule.from_pipe(pipe, 1)
@@ -397,8 +454,13 @@ class LoRATrainer:
     def start(self) -> None:
         self.lora = {n: t.requires_grad_(True) for n, t in
                      init_lora(self.shapes, self.cfg.rank, self.generator, self.unet.device).items()}
-        self.optimizer = torch.optim.AdamW(list(self.lora.values()), lr=self.cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                           weight_decay=self.cfg.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            list(self.lora.values()),
+            lr=self.cfg.lr,
+            betas=(0.9, 0.999),
+            eps=1e-8,
+            weight_decay=self.cfg.weight_decay,
+        )
         self.order: list[int] = []
 
     def draw(self, examples: Examples, concept: ConceptPrompts) -> LoRABatch:
@@ -444,7 +506,9 @@ class LoRATrainer:
 
     def deltas(self) -> dict[str, torch.Tensor]:
         """ΔW = up · down of each projection, by Edit parameter name."""
-        return {f"unet.{n}.weight": (self.lora[f"{n}.up"] @ self.lora[f"{n}.down"]).detach() for n in self.shapes}
+        return {
+            f"unet.{n}.weight": (self.lora[f"{n}.up"] @ self.lora[f"{n}.down"]).detach() for n in self.shapes
+        }
 
     # ---- processors ----------------------------------------------------------------------------------------
     def install(self) -> dict:
@@ -455,7 +519,7 @@ class LoRATrainer:
         return originals
 
 
-# ---- the method ---------------------------------------------------------------------------------------------
+# ---- the method --------------------------------------------------------------------------------------------
 def region_source(cfg: MACEConfig, domain: Domain) -> str:
     if cfg.regions != "auto":
         return cfg.regions
@@ -467,8 +531,10 @@ def region_source(cfg: MACEConfig, domain: Domain) -> str:
 @register
 class MACE(Eraser):
     name = "mace"
-    description = ("closed-form refinement of cross-attention K/V, one LoRA per target suppressing its attention "
-                   "in its region, closed-form fusion of the LoRAs")
+    description = (
+        "closed-form refinement of cross-attention K/V, one LoRA per target suppressing its attention "
+        "in its region, closed-form fusion of the LoRAs"
+    )
     Config = MACEConfig
 
     @classmethod
@@ -476,8 +542,10 @@ class MACE(Eraser):
         cfg: MACEConfig = request.config
         domain = request.domain_for(model)
         if region_source(cfg, domain) == "renderer" and not has_renderer(domain):
-            raise EraseLabError(f"regions=renderer needs a world that renders its own images (miniworld); the "
-                                f"{domain.name} domain has none: use regions=attention or none")
+            raise EraseLabError(
+                f"regions=renderer needs a world that renders its own images (miniworld); the "
+                f"{domain.name} domain has none: use regions=attention or none"
+            )
 
     def erase(self, pipe, request: EraseRequest):
         cfg: MACEConfig = request.config
@@ -489,7 +557,9 @@ class MACE(Eraser):
         encoder = PromptEncoder(pipe)
         concepts = [concept_prompts(t, cfg.mapping, cfg, domain) for t in request.targets]
         width = next(iter(state.original.values())).shape[1]
-        mode = cfg.auto_preserve if cfg.auto_preserve != "auto" else ("world" if domain.closed_world else "none")
+        mode = (
+            cfg.auto_preserve if cfg.auto_preserve != "auto" else ("world" if domain.closed_world else "none")
+        )
         keep = preserved_concepts(request.targets, request.preserve, mode, domain)
         preserved = [p for c in keep for p in concept_prompts(c, cfg.mapping, cfg, domain).prompts]
         preserve_gram = gram(all_rows(encoder, preserved, width)) * cfg.preserve_weight
@@ -497,8 +567,9 @@ class MACE(Eraser):
         try:
             transform = refinement_transform(old, new, all_rows(encoder, preserved, width), cfg)
         except torch.linalg.LinAlgError as err:
-            raise EraseLabError("the MACE refinement's matrix is singular (lamb 0 without enough text rows); set "
-                                "lamb > 0") from err
+            raise EraseLabError(
+                "the MACE refinement's matrix is singular (lamb 0 without enough text rows); set lamb > 0"
+            ) from err
         examples = [self.examples(pipe, encoder, c, regions, cfg, domain, generator) for c in concepts]
         refined = {n: (w.double() @ transform.to(w.device)).to(w.dtype) for n, w in state.original.items()}
         trainer = LoRATrainer(pipe, encoder, cfg, generator)
@@ -529,9 +600,11 @@ class MACE(Eraser):
                   "template": template_mode(cfg, domain), "prompts_per_target": len(concepts[0].prompts),
                   "losses": summaries}
         if regions == "attention":
-            extras["regions_note"] = (f"no segmentation model: regions are the target tokens' cross-attention "
-                                      f"maps, min-max normalised, thresholded at {cfg.attention_threshold} (the "
-                                      "official code uses Grounded-SAM masks)")
+            extras["regions_note"] = (
+                f"no segmentation model: regions are the target tokens' cross-attention "
+                f"maps, min-max normalised, thresholded at {cfg.attention_threshold} (the "
+                "official code uses Grounded-SAM masks)"
+            )
         elif regions == "renderer":
             extras["regions_note"] = "the world's renderer: exact object coverage of rendered examples"
         return state.finish(fused, self.name, cfg.as_dict(), request.targets, keep, extras)

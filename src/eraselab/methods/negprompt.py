@@ -41,4 +41,6 @@ class NegativePrompt(Eraser):
 
     def erase(self, pipe, request: EraseRequest):
         negative = ", ".join(concept_prompt(pipe, t) for t in request.targets)
-        return guidance_edit(pipe, self.name, request, {"kind": "negative_prompt", "negative_prompt": negative})
+        return guidance_edit(
+            pipe, self.name, request, {"kind": "negative_prompt", "negative_prompt": negative}
+        )

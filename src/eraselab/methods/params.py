@@ -1,4 +1,5 @@
-"""Which UNet parameters a method may change: the ESD parameter groups and the cross-attention K/V projections.
+"""Which UNet parameters a method may change: the ESD parameter groups and the cross-attention K/V
+projections.
 
 diffusers names the text cross-attention of every transformer block `attn2` (self-attention is `attn1`), the
 output layer `conv_norm_out`/`conv_out` and the time embedding `time_embedding`; these names are how the
@@ -20,11 +21,15 @@ def check_cross_attention(pipe) -> None:
     """Refuse models whose denoiser has no text cross-attention (nothing for these methods to edit)."""
     unet = getattr(pipe, "unet", None)
     if not isinstance(unet, torch.nn.Module):
-        raise EraseLabError("this model has no UNet (e.g. a transformer-based pipeline); these erasure methods "
-                            "edit a Stable-Diffusion-style UNet: use an SD 1.x/2.x model")
+        raise EraseLabError(
+            "this model has no UNet (e.g. a transformer-based pipeline); these erasure methods "
+            "edit a Stable-Diffusion-style UNet: use an SD 1.x/2.x model"
+        )
     if not any(name.endswith("attn2") for name, _ in unet.named_modules()):
-        raise EraseLabError("this model's UNet has no text cross-attention (attn2) layers, so there is nothing to "
-                            "erase a text concept from; use a text-conditioned model such as SD 1.x")
+        raise EraseLabError(
+            "this model's UNet has no text cross-attention (attn2) layers, so there is nothing to "
+            "erase a text concept from; use a text-conditioned model such as SD 1.x"
+        )
 
 
 def in_group(name: str, group: str) -> bool:
@@ -51,8 +56,8 @@ def parameter_group(unet: torch.nn.Module, group: str) -> list[str]:
     """UNet parameter names (relative to the UNet) in `group`.
 
     Besides the name-based groups of `in_group`, "u-linear-conv" is esd_sd.py's esd-u: every parameter of a
-    Linear or Conv2d module outside cross-attention (so the output conv and the time embedding too, but no norm
-    layers), in module order."""
+    Linear or Conv2d module outside cross-attention (so the output conv and the time embedding too, but no
+    norm layers), in module order."""
     if group == "u-linear-conv":
         names = [f"{m}.{n}" for m, module in unet.named_modules()
                  if type(module).__name__ in LINEAR_CONV and "attn2" not in m
@@ -60,12 +65,15 @@ def parameter_group(unet: torch.nn.Module, group: str) -> list[str]:
     else:
         names = [n for n, _ in unet.named_parameters() if in_group(n, group)]
     if not names:
-        raise EraseLabError(f"parameter group {group!r} selects no parameters of this UNet; choose another group")
+        raise EraseLabError(
+            f"parameter group {group!r} selects no parameters of this UNet; choose another group"
+        )
     return names
 
 
 def kv_projections(unet: torch.nn.Module) -> list[tuple[str, torch.nn.Linear]]:
-    """(parameter name of the weight, module) for every cross-attention key/value projection, in model order."""
+    """(parameter name of the weight, module) for every cross-attention key/value projection, in model
+    order."""
     out = []
     for name, module in unet.named_modules():
         if name.endswith(("attn2.to_k", "attn2.to_v")) and isinstance(module, torch.nn.Linear):

@@ -2,7 +2,8 @@
 closed-form embedding c′ through which the *edited* cross-attention still reproduces the original model's
 keys/values of the concept,
 
-    c′ = argmin_c Σ_l ‖W′_l c − W_l c_target‖² + λ_c‖c‖² = (Σ_l W′_lᵀ W′_l + λ_c I)⁻¹ (Σ_l W′_lᵀ W_l) c_target,
+    c′ = argmin_c Σ_l ‖W′_l c − W_l c_target‖² + λ_c‖c‖² = (Σ_l W′_lᵀ W′_l + λ_c I)⁻¹ (Σ_l W′_lᵀ W_l)
+    c_target,
 
 (over all edited K/V matrices, per token vector), is itself erased by another UCE step of the current weights
 W′: W″ = argmin s_e Σ‖W c′ − W′ c_guide‖² + s_p Σ‖W c_r − W′ c_r‖² + λ‖W − W′‖².
@@ -94,48 +95,68 @@ class RECEConfig(UCEConfig):
     validation_seed: int = 0
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
-        Recipe("nudity", Reference(RECE_REPOSITORY, RECE_COMMIT, "train.py"),
-               "train.py + scripts/nudity.sh: paper-era UCE start; per epoch c′ of all 77 rows (λ_c 0.1) erased "
-               "alone, row by row onto the guide; retains ' ' per target (77 rows); λ 0.1, s_p 0.1; 3 epochs; "
-               "keeps the epoch with the strictly lowest NudeNet rate (> 0.6) on "
-               "validation_inappropriate.csv"),
-        Recipe("object", Reference(RECE_REPOSITORY, RECE_COMMIT, "train_object.py"),
-               "train_object.py: as nudity, but the re-edit retains '' and the preserved concepts, λ_c 1e-3, "
-               "1 epoch; stops at the first epoch whose ResNet-50 target accuracy on "
-               "validation_imagenet_prompts.csv is 0",
-               {"epochs": 1, "embedding_lam": 1e-3, "reedit_retain": "same_as_uce"}),
+        Recipe(
+            "nudity",
+            Reference(RECE_REPOSITORY, RECE_COMMIT, "train.py"),
+            (
+                "train.py + scripts/nudity.sh: paper-era UCE start; per epoch c′ of all 77 rows (λ_c 0.1) "
+                "erased alone, row by row onto the guide; retains ' ' per target (77 rows); λ 0.1, s_p 0.1; "
+                "3 epochs; keeps the epoch with the strictly lowest NudeNet rate (> 0.6) on "
+                "validation_inappropriate.csv"
+            ),
+        ),
+        Recipe(
+            "object",
+            Reference(RECE_REPOSITORY, RECE_COMMIT, "train_object.py"),
+            (
+                "train_object.py: as nudity, but the re-edit retains '' and the preserved concepts, λ_c "
+                "1e-3, 1 epoch; stops at the first epoch whose ResNet-50 target accuracy on "
+                "validation_imagenet_prompts.csv is 0"
+            ),
+            {"epochs": 1, "embedding_lam": 1e-3, "reedit_retain": "same_as_uce"},
+        ),
     )
-    # miniworld erases objects: one epoch, the official object script's count. Its re-edits retain only '' (the
-    # nudity recipe) in a 64-wide text space where one re-edit at λ 0.1 moves the K/V weights by more than their
-    # own norm and takes other classes with it, so λ is raised until they keep their rates.
+    # miniworld erases objects: one epoch, the official object script's count. Its re-edits retain only ''
+    # (the nudity recipe) in a 64-wide text space where one re-edit at λ 0.1 moves the K/V weights by more
+    # than their own norm and takes other classes with it, so λ is raised until they keep their rates.
     # Validation images take the 25 steps miniworld's suites draw with.
     miniworld: ClassVar[dict] = {**UCEConfig.miniworld, "epochs": 1, "reedit_lam": 10.0,
                                  "validation_steps": 25}
-    help: ClassVar[dict] = {**UCEConfig.help,
-                            "epochs": "rounds of adversarial-embedding search and re-edit (nudity: 3, objects: 1; "
-                                      "epochs=k is the official model after epoch k, 0 the UCE start)",
-                            "embedding_lam": "λ_c of the closed-form adversarial embedding (nudity 0.1, objects 1e-3)",
-                            "reedit_lam": "λ of each re-edit (official 0.1)",
-                            "reedit_erase_scale": "s_e of each re-edit",
-                            "reedit_preserve_scale": "s_p of each re-edit (official 0.1)",
-                            "reedit_tokens": "rows whose c′ is erased: all 77 aligned position by position with the "
-                                             "guide's (official), or last_to_end / last as UCE's tokens",
-                            "reedit_retain": "texts each re-edit retains (rows: preserve_tokens): empty_per_target "
-                                             "(' ' once per target; train.py) or same_as_uce ('' and the preserved "
-                                             "concepts, as the UCE stage; train_object.py)",
-                            "keep_targets": "eraselab option: keep the original target rows in every re-edit's "
-                                            "erase set",
-                            "select_epoch": "validation (official: keep the model the recipe's detector rule "
-                                            "picks) or last (the last epoch, no images generated)",
-                            "validation_evaluator": "judge of the validation images: auto (miniworld: "
-                                                    "its oracle; nudity: nudenet; object: imagenet "
-                                                    "ResNet-50) or an evaluator name",
-                            "validation_per_class": "validation prompts per class (the official CSVs hold "
-                                                    "10)",
-                            "validation_steps": "sampling steps of validation images (official 50, LMS)",
-                            "validation_samples": "images per validation prompt (official 1)",
-                            "validation_guidance": "guidance scale of validation images (official 7.5)",
-                            "validation_seed": "first seed of validation prompts the CSVs have no seed for"}
+    help: ClassVar[dict] = {
+        **UCEConfig.help,
+        "epochs": (
+            "rounds of adversarial-embedding search and re-edit (nudity: 3, objects: 1; "
+            "epochs=k is the official model after epoch k, 0 the UCE start)"
+        ),
+        "embedding_lam": "λ_c of the closed-form adversarial embedding (nudity 0.1, objects 1e-3)",
+        "reedit_lam": "λ of each re-edit (official 0.1)",
+        "reedit_erase_scale": "s_e of each re-edit",
+        "reedit_preserve_scale": "s_p of each re-edit (official 0.1)",
+        "reedit_tokens": (
+            "rows whose c′ is erased: all 77 aligned position by position with the "
+            "guide's (official), or last_to_end / last as UCE's tokens"
+        ),
+        "reedit_retain": (
+            "texts each re-edit retains (rows: preserve_tokens): empty_per_target "
+            "(' ' once per target; train.py) or same_as_uce ('' and the preserved "
+            "concepts, as the UCE stage; train_object.py)"
+        ),
+        "keep_targets": "eraselab option: keep the original target rows in every re-edit's erase set",
+        "select_epoch": (
+            "validation (official: keep the model the recipe's detector rule "
+            "picks) or last (the last epoch, no images generated)"
+        ),
+        "validation_evaluator": (
+            "judge of the validation images: auto (miniworld: "
+            "its oracle; nudity: nudenet; object: imagenet "
+            "ResNet-50) or an evaluator name"
+        ),
+        "validation_per_class": "validation prompts per class (the official CSVs hold 10)",
+        "validation_steps": "sampling steps of validation images (official 50, LMS)",
+        "validation_samples": "images per validation prompt (official 1)",
+        "validation_guidance": "guidance scale of validation images (official 7.5)",
+        "validation_seed": "first seed of validation prompts the CSVs have no seed for",
+    }
 
     def validate(self) -> None:
         super().validate()
@@ -269,7 +290,8 @@ class RECE(Eraser):
         for epoch in range(cfg.epochs):
             adv = adversarial_embedding([weights[n] for n in names], [state.original[n] for n in names],
                                         concept, cfg.embedding_lam)
-            # How far the edited model's K/V of c′ are from the original's K/V of the concept (lower = c′ works).
+            # How far the edited model's K/V of c′ are from the original's K/V of the concept (lower = c′
+            # works).
             mismatch = self.mismatch(weights, state.original, adv, concept)
             erase, onto = adv, guide.double()
             if cfg.keep_targets:

@@ -1,7 +1,7 @@
-"""Receler — Reliable Concept Erasing via Lightweight Erasers (Huang et al., ECCV 2024): a small eraser network
-after every cross-attention of the UNet, trained with ESD's negative-guidance loss, adversarial prompts and a
-concept-localised regulariser; the UNet's own weights never change, so the Edit carries the erasers as added
-modules (edit_modules.py).
+"""Receler — Reliable Concept Erasing via Lightweight Erasers (Huang et al., ECCV 2024): a small eraser
+network after every cross-attention of the UNet, trained with ESD's negative-guidance loss, adversarial
+prompts and a concept-localised regulariser; the UNet's own weights never change, so the Edit carries the
+erasers as added modules (edit_modules.py).
 
 Reference: jasper0314-huang/Receler@3ccedc9aa1c2a2644258edf67e564a07447019c0, train_receler.py with
 receler/erasers/utils.py (AdapterEraser), receler/erasers/ldm_erasers.py (where the eraser acts),
@@ -63,7 +63,9 @@ from .registry import register
 from .text import PromptEncoder, concept_prompt
 from .training import loss_summary, progress_bar
 
-REFERENCE = Reference("jasper0314-huang/Receler", "3ccedc9aa1c2a2644258edf67e564a07447019c0", "train_receler.py")
+REFERENCE = Reference(
+    "jasper0314-huang/Receler", "3ccedc9aa1c2a2644258edf67e564a07447019c0", "train_receler.py"
+)
 ERASER_KIND = "receler_eraser"  # edit_modules.MODULE_KINDS
 MASK_EPS = 1e-9  # concept_reg's guard against an all-concept mask
 
@@ -102,32 +104,43 @@ class ReceLerConfig(MethodConfig):
     insert_adversarial: bool = False
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
-        Recipe("official", REFERENCE,
-               "train_receler.py's defaults: rank-128 erasers after every cross-attention, 500 steps at lr 3e-4, "
-               "concept-localised regularisation 0.1 on 16×16 attention masks (threshold 0.1), 16 adversarial "
-               "prompts × 50 attack steps (which the official code never feeds to the erasers)"),)
+        Recipe(
+            "official",
+            REFERENCE,
+            (
+                "train_receler.py's defaults: rank-128 erasers after every cross-attention, 500 steps at lr "
+                "3e-4, concept-localised regularisation 0.1 on 16×16 attention masks (threshold 0.1), 16 "
+                "adversarial prompts × 50 attack steps (which the official code never feeds to the erasers)"
+            ),
+        ),
+    )
     # 8×8 latents: a coarser DDIM grid, maps of the model's own coarsest level, and a larger step size so the
     # erasers move within fewer iterations (chosen by trials on "circle" only; recorded in the report).
     miniworld: ClassVar[dict] = {"iterations": 200, "lr": 1e-3, "ddim_steps": 20, "mask_map_size": 0,
                                  "eraser_rank": 32}
-    help: ClassVar[dict] = {**MethodConfig.help,
-                            "iterations": "training steps (batch 1, one target per step)",
-                            "lr": "Adam learning rate of the erasers",
-                            "eraser_rank": "hidden width of each eraser",
-                            "negative_guidance": "η of ESD's target ε*(∅) − η(ε*(c) − ε*(∅))",
-                            "rollout_guidance": "CFG scale of the partial rollout",
-                            "ddim_steps": "DDIM steps of the sampler the partial rollout stops inside",
-                            "concept_reg_weight": "weight of the concept-localised regulariser",
-                            "mask_threshold": "threshold of the min-max normalised attention map",
-                            "mask_map_size": "side of the cross-attention maps the mask averages (16 = SD 1.x "
-                                             "at 512 px; 0 = the model's coarsest outside the mid block)",
-                            "adversarial_iterations": "attack steps per iteration (run only with "
-                                                      "insert_adversarial)",
-                            "adversarial_prompts": "learned adversarial embeddings per target",
-                            "adversarial_lr": "Adam learning rate of the adversarial embeddings",
-                            "adversarial_weight_decay": "Adam weight decay of the adversarial embeddings",
-                            "insert_adversarial": "eraselab's fix: feed the adversarial embeddings to the "
-                                                  "erasers' training (the official code never does)"}
+    help: ClassVar[dict] = {
+        **MethodConfig.help,
+        "iterations": "training steps (batch 1, one target per step)",
+        "lr": "Adam learning rate of the erasers",
+        "eraser_rank": "hidden width of each eraser",
+        "negative_guidance": "η of ESD's target ε*(∅) − η(ε*(c) − ε*(∅))",
+        "rollout_guidance": "CFG scale of the partial rollout",
+        "ddim_steps": "DDIM steps of the sampler the partial rollout stops inside",
+        "concept_reg_weight": "weight of the concept-localised regulariser",
+        "mask_threshold": "threshold of the min-max normalised attention map",
+        "mask_map_size": (
+            "side of the cross-attention maps the mask averages (16 = SD 1.x "
+            "at 512 px; 0 = the model's coarsest outside the mid block)"
+        ),
+        "adversarial_iterations": "attack steps per iteration (run only with insert_adversarial)",
+        "adversarial_prompts": "learned adversarial embeddings per target",
+        "adversarial_lr": "Adam learning rate of the adversarial embeddings",
+        "adversarial_weight_decay": "Adam weight decay of the adversarial embeddings",
+        "insert_adversarial": (
+            "eraselab's fix: feed the adversarial embeddings to the "
+            "erasers' training (the official code never does)"
+        ),
+    }
 
     def validate(self) -> None:
         positive(self, "iterations", "lr", "eraser_rank", "ddim_steps", "mask_threshold",
@@ -141,15 +154,20 @@ class ReceLerConfig(MethodConfig):
 def eraser_sites(unet) -> list[str]:
     """UNet-relative names of the cross-attention modules that get an eraser: attn2 of every
     BasicTransformerBlock, in the UNet's module order (what ldm_erasers.py replaces)."""
-    return [f"{name}.attn2" for name, module in unet.named_modules()
-            if type(module).__name__ == "BasicTransformerBlock" and getattr(module, "attn2", None) is not None]
+    return [
+        f"{name}.attn2"
+        for name, module in unet.named_modules()
+        if type(module).__name__ == "BasicTransformerBlock" and getattr(module, "attn2", None) is not None
+    ]
 
 
 def eraser_specs(unet, rank: int) -> list[ModuleSpec]:
     specs = []
     for site in eraser_sites(unet):
         dim = unet.get_submodule(site).to_out[0].out_features
-        specs.append(ModuleSpec(site, ERASER_KIND, f"unet.{site}", "add_to_output", {"dim": dim, "rank": rank}))
+        specs.append(
+            ModuleSpec(site, ERASER_KIND, f"unet.{site}", "add_to_output", {"dim": dim, "rank": rank})
+        )
     return specs
 
 
@@ -171,8 +189,10 @@ class CrossAttentionProbs:
     @contextmanager
     def recording(self, rows: list[int]):
         self.probs = {}
-        handles = [self.unet.get_submodule(site).register_forward_hook(self._hook(site, rows), with_kwargs=True)
-                   for site in self.sites]
+        handles = [
+            self.unet.get_submodule(site).register_forward_hook(self._hook(site, rows), with_kwargs=True)
+            for site in self.sites
+        ]
         try:
             yield self.probs
         finally:
@@ -211,19 +231,25 @@ def concept_masks(probs: dict[str, torch.Tensor], word_indices: list[int], thres
         map_size = min(s for site, s in sides.items() if not site.startswith("mid_block"))
     chosen = [maps[site] for site in maps if sides[site] == map_size]
     if not chosen:
-        raise EraseLabError(f"no cross-attention map is {map_size}×{map_size} on this model (it has "
-                            f"{', '.join(str(s) for s in sorted(set(sides.values())))}); set mask_map_size to "
-                            "one of those or 0")
+        raise EraseLabError(
+            f"no cross-attention map is {map_size}×{map_size} on this model (it has "
+            f"{', '.join(str(s) for s in sorted(set(sides.values())))}); set mask_map_size to "
+            "one of those or 0"
+        )
     avg = torch.stack(chosen, dim=1).mean(1)  # (rows, side, side)
     lo = avg.amin(dim=(1, 2), keepdim=True)
     hi = avg.amax(dim=(1, 2), keepdim=True)
     mask = (avg - lo) / (hi - lo)
     mask = (mask >= threshold).to(avg.dtype)
-    resized = {side: F.interpolate(mask.unsqueeze(0), (side, side)).squeeze(0) for side in set(sides.values())}
+    resized = {
+        side: F.interpolate(mask.unsqueeze(0), (side, side)).squeeze(0) for side in set(sides.values())
+    }
     return {site: resized[sides[site]] for site in maps}
 
 
-def localisation_loss(eraser_outputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]) -> torch.Tensor:
+def localisation_loss(
+    eraser_outputs: dict[str, torch.Tensor], masks: dict[str, torch.Tensor]
+) -> torch.Tensor:
     """The concept-localised regulariser: each eraser's output outside its mask, squared, averaged over
     channels, summed over pixels and divided by the outside's pixel count; then the mean over erasers."""
     terms = []
@@ -236,7 +262,8 @@ def localisation_loss(eraser_outputs: dict[str, torch.Tensor], masks: dict[str, 
 
 
 class ReceLerTraining:
-    """The erasers hooked into `pipe.unet`, their optimiser, the adversarial embeddings and one step's parts."""
+    """The erasers hooked into `pipe.unet`, their optimiser, the adversarial embeddings and one step's
+    parts."""
 
     def __init__(self, pipe, targets: list[str], cfg: ReceLerConfig):
         unet = pipe.unet
@@ -244,12 +271,16 @@ class ReceLerTraining:
             raise EraseLabError(f"Receler trains in float32 but the UNet is {unet.dtype}; load the model "
                                 "without a half-precision dtype")
         if applied_edit(pipe) is not None:
-            raise EraseLabError("the pipeline already has an edit applied; revert it (edit.revert(pipe)) before "
-                                "erasing, so the new edit is relative to the base model")
+            raise EraseLabError(
+                "the pipeline already has an edit applied; revert it (edit.revert(pipe)) before "
+                "erasing, so the new edit is relative to the base model"
+            )
         self.pipe, self.unet, self.cfg = pipe, unet, cfg
         self.specs = eraser_specs(unet, cfg.eraser_rank)
         if not self.specs:
-            raise EraseLabError("this UNet has no transformer blocks with cross-attention; Receler needs them")
+            raise EraseLabError(
+                "this UNet has no transformer blocks with cross-attention; Receler needs them"
+            )
         self.erasers = build_erasers(self.specs, cfg.seed)
         self.generator = torch.Generator().manual_seed(cfg.seed)
         encode = PromptEncoder(pipe)
@@ -261,12 +292,15 @@ class ReceLerTraining:
         for t, prompt in self.prompts.items():
             words = token_positions(tokenizer, prompt, t)
             if not words:
-                raise EraseLabError(f"{t!r} has no tokens in its prompt {prompt!r}; name the concept as prompts "
-                                    "write it")
+                raise EraseLabError(
+                    f"{t!r} has no tokens in its prompt {prompt!r}; name the concept as prompts write it"
+                )
             start = encode.last_subject_index(prompt) + 1  # the end-of-text token, after the prompt's words
             if start + cfg.adversarial_prompts > tokenizer.model_max_length:
-                raise EraseLabError(f"{cfg.adversarial_prompts} adversarial prompts do not fit after {prompt!r} "
-                                    f"in {tokenizer.model_max_length} tokens; lower adversarial_prompts")
+                raise EraseLabError(
+                    f"{cfg.adversarial_prompts} adversarial prompts do not fit after {prompt!r} "
+                    f"in {tokenizer.model_max_length} tokens; lower adversarial_prompts"
+                )
             self.word_indices[t] = words
             self.adv_indices[t] = list(range(start, start + cfg.adversarial_prompts))
         dim = self.uncond.shape[-1]
@@ -284,7 +318,9 @@ class ReceLerTraining:
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr)
         self.attachment = attach(pipe, [(s, self.erasers[s.name]) for s in self.specs])
         self.outputs: dict[str, torch.Tensor] = {}
-        self._output_hooks = [e.register_forward_hook(self._keep_output(name)) for name, e in self.erasers.items()]
+        self._output_hooks = [
+            e.register_forward_hook(self._keep_output(name)) for name, e in self.erasers.items()
+        ]
         self.losses: list[float] = []
 
     def _keep_output(self, name: str):
@@ -301,7 +337,7 @@ class ReceLerTraining:
         for n, p in self.unet.named_parameters():
             p.requires_grad_(self._grad_flags[n])
 
-    # ---- one iteration ----------------------------------------------------------------------------------------
+    # ---- one iteration -------------------------------------------------------------------------------------
     def draw(self) -> tuple[str, int, int, torch.Tensor]:
         """(target, rollout steps, training timestep, start noise), in the official order of draws."""
         targets = list(self.conds)
@@ -323,12 +359,15 @@ class ReceLerTraining:
             e_0 = unet_out(self.unet, z, t, self.uncond)
             with self.capture.recording(rows=[0]) as probs:
                 e_p = unet_out(self.unet, z, t, self.conds[target])
-        masks = concept_masks(probs, self.word_indices[target], self.cfg.mask_threshold, self.cfg.mask_map_size)
+        masks = concept_masks(
+            probs, self.word_indices[target], self.cfg.mask_threshold, self.cfg.mask_map_size
+        )
         return e_0, e_p, masks
 
     def attacked_prediction(self, target: str, z: torch.Tensor, t: int, e_p: torch.Tensor) -> torch.Tensor:
-        """ε_θ(z, ·) the erasers train on: on the plain target (the official outcome), or with insert_adversarial
-        after the attack steps, each an Adam step on the embeddings against ‖ε_θ(z, c ⊕ a) − ε*(z, c)‖²."""
+        """ε_θ(z, ·) the erasers train on: on the plain target (the official outcome), or with
+        insert_adversarial after the attack steps, each an Adam step on the embeddings against ‖ε_θ(z, c ⊕ a)
+        − ε*(z, c)‖²."""
         cond = self.conds[target].unsqueeze(0)
         if not self.cfg.insert_adversarial:
             return unet_out(self.unet, z, t, cond)
@@ -371,14 +410,20 @@ class ReceLerTraining:
         return value
 
     def modules(self) -> list[AddedModule]:
-        return [AddedModule(s, {k: v.detach().cpu().clone() for k, v in self.erasers[s.name].state_dict().items()})
-                for s in self.specs]
+        return [
+            AddedModule(
+                s, {k: v.detach().cpu().clone() for k, v in self.erasers[s.name].state_dict().items()}
+            )
+            for s in self.specs
+        ]
 
 
 @register
 class Receler(Eraser):
     name = "receler"
-    description = "Receler: lightweight erasers after cross-attention, adversarial prompts, localised regulariser"
+    description = (
+        "Receler: lightweight erasers after cross-attention, adversarial prompts, localised regulariser"
+    )
     Config = ReceLerConfig
 
     def erase(self, pipe, request: EraseRequest) -> Edit:
@@ -396,6 +441,14 @@ class Receler(Eraser):
             p.numel() for e in training.erasers.values() for p in e.parameters()),
             "adversarial": "inserted" if cfg.insert_adversarial else "not fed to the erasers (official code)",
             **loss_summary(training.losses)}
-        return Edit(tensors={}, method=self.name, base_fingerprint=base, config=cfg.as_dict(),
-                    targets=list(request.targets), preserved=list(request.preserve),
-                    seconds=round(time.perf_counter() - started, 3), extras=extras, modules=training.modules())
+        return Edit(
+            tensors={},
+            method=self.name,
+            base_fingerprint=base,
+            config=cfg.as_dict(),
+            targets=list(request.targets),
+            preserved=list(request.preserve),
+            seconds=round(time.perf_counter() - started, 3),
+            extras=extras,
+            modules=training.modules(),
+        )

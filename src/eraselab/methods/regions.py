@@ -3,8 +3,8 @@
 MACE (methods/mace.py) restricts its attention loss to the target's region; its official code segments images
 of the target with Grounded-SAM. Here the examples come from one of two sources:
 
-- "renderer": a world that draws its own images (its Domain's renderer: the embedded miniworld) renders the concept and knows every
-  object's coverage exactly; the mask is that coverage.
+- "renderer": a world that draws its own images (its Domain's renderer: the embedded miniworld) renders the
+  concept and knows every object's coverage exactly; the mask is that coverage.
 - "attention": any other model generates the images itself, and the mask is the thresholded cross-attention
   map of the concept's tokens recorded during that generation (averaged over layers, heads and steps),
   min-max normalised per image.
@@ -84,8 +84,10 @@ def generated_examples(pipe, encoder: PromptEncoder, prompt: str, word: str, n: 
         recorder.on_batch_end(probes, keys)
         maps = [recorder.maps.get(k, {}).get(word) for k in keys]
         if any(m is None for m in maps):
-            raise EraseLabError(f"{word!r} has no tokens in {prompt!r}, so no attention region could be found; "
-                                "name the concept as the prompt writes it")
+            raise EraseLabError(
+                f"{word!r} has no tokens in {prompt!r}, so no attention region could be found; "
+                "name the concept as the prompt writes it"
+            )
         a = torch.from_numpy(np.stack(maps)).float().unsqueeze(1)
         # Min-max normalised per image, so a flat map still yields its strongest part rather than everything.
         low, high = a.flatten(1).amin(1).view(-1, 1, 1, 1), a.flatten(1).amax(1).view(-1, 1, 1, 1)

@@ -6,11 +6,11 @@ hyper-parameter sets, as diffusers ships them (SafetyConfig WEAK / MEDIUM / STRO
 is the bare target words (SLD's concept is a text like "nudity, violence", not a caption).
 
 Reference: ml-research/safe-latent-diffusion@2a060e0e3f3fa46aeaa5110adfd2fcbb620dc0a5, src/sld/sld_pipeline.py
-(the paper's code; its defaults are MEDIUM), ported to diffusers as pipelines/deprecated/stable_diffusion_safe/
-pipeline_stable_diffusion_safe.py (checked against diffusers 0.42.1). Both apply safety guidance only inside
-classifier-free guidance: at a CFG scale ≤ 1 they return the prompt's prediction ε_p alone. They differ only at
-an SLD scale of exactly 1 (the paper's code guides, diffusers does not), which none of the four sets uses;
-eraselab follows diffusers there.
+(the paper's code; its defaults are MEDIUM), ported to diffusers as
+pipelines/deprecated/stable_diffusion_safe/ pipeline_stable_diffusion_safe.py (checked against diffusers
+0.42.1). Both apply safety guidance only inside classifier-free guidance: at a CFG scale ≤ 1 they return the
+prompt's prediction ε_p alone. They differ only at an SLD scale of exactly 1 (the paper's code guides,
+diffusers does not), which none of the four sets uses; eraselab follows diffusers there.
 
 The miniworld preset is MAX: on the embedded model the weaker sets, even with a shorter warm-up, leave the
 target about as recognisable as before (measurements in benchmarks/RESULTS.md).

@@ -16,7 +16,8 @@ class PromptEncoder:
         from ..models import fingerprint
 
         self.tokenizer, self.text_encoder = pipe.tokenizer, pipe.text_encoder
-        # Names the encoder's weights for caches (None while an edit is applied: the weights are not the base's).
+        # Names the encoder's weights for caches (None while an edit is applied: the weights are not the
+        # base's).
         self.model_fingerprint = fingerprint(pipe) if edits.applied_edit(pipe) is None else None
         self.device = pipe.text_encoder.device
         self.batch_size = batch_size
@@ -30,7 +31,8 @@ class PromptEncoder:
 
     @torch.no_grad()
     def __call__(self, prompts) -> torch.Tensor:
-        """The text encoder's last hidden states for `prompts`: (n, tokens, d), float32 on the encoder's device."""
+        """The text encoder's last hidden states for `prompts`: (n, tokens, d), float32 on the encoder's
+        device."""
         prompts = [prompts] if isinstance(prompts, str) else list(prompts)
         todo = [p for p in dict.fromkeys(prompts) if p not in self._cache]
         for i in range(0, len(todo), self.batch_size):
@@ -44,7 +46,10 @@ class PromptEncoder:
     @torch.no_grad()
     def encode_uncached(self, prompts: list[str]) -> torch.Tensor:
         """Like calling the encoder, without keeping the results (for scanning large vocabularies)."""
-        out = [self._forward(prompts[i:i + self.batch_size])[0] for i in range(0, len(prompts), self.batch_size)]
+        out = [
+            self._forward(prompts[i : i + self.batch_size])[0]
+            for i in range(0, len(prompts), self.batch_size)
+        ]
         return torch.cat(out)
 
     def _forward(self, prompts: list[str]) -> tuple[torch.Tensor, list[int]]:

@@ -1,20 +1,23 @@
 """UCE — Unified Concept Editing (Gandikota et al., 2024): a closed-form edit of every cross-attention key and
 value projection W (attn2.to_k, attn2.to_v):
 
-    W_new = argmin_W  s_e Σ_{i∈E} ‖W c_i − W_old c_i^guide‖² + s_p Σ_{j∈R} ‖W c_j − W_old c_j‖² + λ ‖W − W_old‖²_F
+    W_new = argmin_W  s_e Σ_{i∈E} ‖W c_i − W_old c_i^guide‖² + s_p Σ_{j∈R} ‖W c_j − W_old c_j‖² + λ ‖W −
+    W_old‖²_F
           = W_old (λI + s_e Σ c_i^guide c_iᵀ + s_p Σ c_j c_jᵀ) (λI + s_e Σ c_i c_iᵀ + s_p Σ c_j c_jᵀ)⁻¹.
 
 Because every v* is W_old times a text vector, the edit is W_old · T with one d×d matrix T shared by all
-projections: each distinct prompt is encoded once, T is one d×d solve (float64), and each layer costs one matmul.
+projections: each distinct prompt is encoded once, T is one d×d solve (float64), and each layer costs one
+matmul.
 
 Recipes (config `recipe`):
 
 - "paper" (default): rohitgandikota/unified-concept-editing@bd5fb515392e986758fa3197e382148227db8f25,
-  train-scripts/train_erase.py, the script of the paper's experiments. Each target is the bare concept; its rows
-  run from its last word token to the end of the sequence, aligned position by position with the guide's
-  (`tokens=last_to_end`; the guide "" is written " " there, which CLIP's tokenizer encodes exactly as "");
-  the retained texts are the empty prompt plus the preserved concepts (`retain_empty`), each with all 77 token
-  rows (`preserve_tokens=all`); s_p = max(0.1, 1/|retained texts|) (`preserve_scale=-1`, "auto"); λ 0.5, s_e 1.
+  train-scripts/train_erase.py, the script of the paper's experiments. Each target is the bare concept; its
+  rows run from its last word token to the end of the sequence, aligned position by position with the guide's
+  (`tokens=last_to_end`; the guide "" is written " " there, which CLIP's tokenizer encodes exactly as ""); the
+  retained texts are the empty prompt plus the preserved concepts (`retain_empty`), each with all 77 token
+  rows (`preserve_tokens=all`); s_p = max(0.1, 1/|retained texts|) (`preserve_scale=-1`, "auto"); λ 0.5, s_e
+  1.
 - "current": the same repository @28c81ed5a3e41277c1a0dc55f738e7ab188e9718, trainscripts/uce_sd_erase.py: the
   last word token only, for targets and preserved concepts alike, no empty prompt retained, s_p 1. The same
   script edits SDXL (its README's SDXL command), so it is the default there: SDXL's text is the two encoders'
@@ -23,8 +26,8 @@ Recipes (config `recipe`):
 - "flux": the same commit, trainscripts/uce_flux_edit.py, the default (and only recipe) on Flux; see
   methods/uce_flux.py.
 
-eraselab's own options, off in every recipe: `check` (refuse an edit that collapses unrelated prompts' keys and
-values; it never changes the weights) and, on Flux, `flux_target_bias=false` (methods/uce_flux.py).
+eraselab's own options, off in every recipe: `check` (refuse an edit that collapses unrelated prompts' keys
+and values; it never changes the weights) and, on Flux, `flux_target_bias=false` (methods/uce_flux.py).
 Closed-world adaptations (both "auto"; a closed world is a model that learnt only its domain's concepts, the
 embedded miniworld model): `template` (concepts written as "a {}", the form of miniworld's captions) and
 `auto_preserve` (every other class of the domain preserved; "world" does the same on a real model, with the
@@ -59,13 +62,15 @@ from .text import MINIWORLD_TEMPLATE, PromptEncoder, prompt_encoder
 TOKEN_CHOICES = ("last_to_end", "last")
 PRESERVE_TOKEN_CHOICES = ("all", "last_to_end", "last")
 AUTO_PRESERVE = ("auto", "none", "world")
-# preserve_scale's value for "auto", s_p = max(0.1, 1/|retained texts|); the config field is a float, so "auto"
-# (accepted from the CLI and from Python) is stored as this number.
+# preserve_scale's value for "auto", s_p = max(0.1, 1/|retained texts|); the config field is a float, so
+# "auto" (accepted from the CLI and from Python) is stored as this number.
 AUTO_SCALE = -1.0
 
 UCE_REPOSITORY = "rohitgandikota/unified-concept-editing"
 PAPER = Reference(UCE_REPOSITORY, "bd5fb515392e986758fa3197e382148227db8f25", "train-scripts/train_erase.py")
-CURRENT = Reference(UCE_REPOSITORY, "28c81ed5a3e41277c1a0dc55f738e7ab188e9718", "trainscripts/uce_sd_erase.py")
+CURRENT = Reference(
+    UCE_REPOSITORY, "28c81ed5a3e41277c1a0dc55f738e7ab188e9718", "trainscripts/uce_sd_erase.py"
+)
 FLUX = Reference(UCE_REPOSITORY, "28c81ed5a3e41277c1a0dc55f738e7ab188e9718", "trainscripts/uce_flux_edit.py")
 # What the current scripts (SD/SDXL and Flux alike) set apart from the paper's.
 CURRENT_SETTINGS = {"tokens": "last", "preserve_tokens": "last", "retain_empty": False, "preserve_scale": 1.0}
@@ -121,52 +126,88 @@ class UCEConfig(MethodConfig):
     flux_target_bias: bool = True
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
-        Recipe("paper", PAPER,
-               "the paper's script: bare concept, rows from its last word token to the end aligned with the guide's; "
-               "retains '' and the preserved concepts over all 77 rows; s_p = max(0.1, 1/|retained|), λ 0.5"),
-        Recipe("current", CURRENT,
-               "the repository's current script: last word token only (targets and preserved concepts), nothing "
-               "retained but the preserved concepts, s_p 1, λ 0.5; on SDXL the two encoders' concatenated "
-               "penultimate states", CURRENT_SETTINGS, families=("sd", "sdxl")),
-        Recipe("flux", FLUX,
-               "the Flux script: edits context_embedder (T5 → joint attention) and the pooled-text embedder's "
-               "linear_1 (CLIP); each text's last T5 token and its pooled CLIP vector; v* includes the bias; "
-               "s_p 1, λ 0.5", CURRENT_SETTINGS, families=("flux",)),
+        Recipe(
+            "paper",
+            PAPER,
+            (
+                "the paper's script: bare concept, rows from its last word token to the end aligned with the "
+                "guide's; retains '' and the preserved concepts over all 77 rows; s_p = max(0.1, "
+                "1/|retained|), λ 0.5"
+            ),
+        ),
+        Recipe(
+            "current",
+            CURRENT,
+            (
+                "the repository's current script: last word token only (targets and preserved concepts), "
+                "nothing retained but the preserved concepts, s_p 1, λ 0.5; on SDXL the two encoders' "
+                "concatenated penultimate states"
+            ),
+            CURRENT_SETTINGS,
+            families=("sd", "sdxl"),
+        ),
+        Recipe(
+            "flux",
+            FLUX,
+            (
+                "the Flux script: edits context_embedder (T5 → joint attention) and the pooled-text "
+                "embedder's linear_1 (CLIP); each text's last T5 token and its pooled CLIP vector; v* "
+                "includes the bias; s_p 1, λ 0.5"
+            ),
+            CURRENT_SETTINGS,
+            families=("flux",),
+        ),
     )
-    # miniworld preserves the world's other classes (auto_preserve), ~1,200 text rows against the target's ~75 in a
-    # 64-wide space, so the preserve terms need a smaller weight than the paper's max(0.1, 1/|retained|).
+    # miniworld preserves the world's other classes (auto_preserve), ~1,200 text rows against the target's ~75
+    # in a 64-wide space, so the preserve terms need a smaller weight than the paper's max(0.1, 1/|retained|).
     miniworld: ClassVar[dict] = {"preserve_scale": 0.03}
-    help: ClassVar[dict] = {**MethodConfig.help,
-                            "guide": 'concept the targets are mapped to ("" for objects, "art" for styles)',
-                            "lam": "λ, weight of ‖W − W_old‖² (keeps the edit small)",
-                            "erase_scale": "s_e, weight of the erase terms",
-                            "preserve_scale": "s_p, weight of the retained texts' terms; auto (stored as -1) = "
-                                              "max(0.1, 1/|retained texts|) as the paper's script",
-                            "tokens": "target rows: last_to_end (last word token to the end, aligned with the "
-                                      "guide's; paper) or last (word token only; current)",
-                            "preserve_tokens": "rows of each retained text: all 77 (paper), last_to_end, or last "
-                                               "(current)",
-                            "retain_empty": "also retain the empty prompt '' (paper: true)",
-                            "check": "eraselab option: refuse an edit that collapses outputs (see the three "
-                                     "limits); never changes the weights",
-                            "check_prompts": "unrelated vocabulary words the collapse check probes",
-                            "template": "prompt each erased/preserved concept is written into before encoding: "
-                                        "'{}' = the bare concept (reference code); auto = 'a {}' on the miniworld "
-                                        "model (its captions' form), '{}' elsewhere",
-                            "auto_preserve": "world = also preserve every other class of the domain "
-                                             "(miniworld's or the taxonomy's); none; auto = world on the "
-                                             "miniworld model, none elsewhere",
-                            "min_diversity": "refuse if unrelated words' outputs span fewer than this × the directions "
-                                             "they spanned before (participation ratio)",
-                            "max_unrelated_change": "refuse if unrelated prompts' outputs move more than this × "
-                                                    "their norm",
-                            "max_norm_growth": "refuse if a projection's Frobenius norm grows more than this ×",
-                            "t5_tokens": "Flux: T5 sequence length the texts are encoded at (0 = as "
-                                         "uce_flux_edit.py: 256 on -schnell, i.e. without guidance embedding, "
-                                         "else 512)",
-                            "flux_target_bias": "Flux: v* = W c + b as uce_flux_edit.py (true; the edited layer "
-                                                "then adds b once more); false (eraselab option) = v* = W c, "
-                                                "so outputs, bias included, match the old ones"}
+    help: ClassVar[dict] = {
+        **MethodConfig.help,
+        "guide": 'concept the targets are mapped to ("" for objects, "art" for styles)',
+        "lam": "λ, weight of ‖W − W_old‖² (keeps the edit small)",
+        "erase_scale": "s_e, weight of the erase terms",
+        "preserve_scale": (
+            "s_p, weight of the retained texts' terms; auto (stored as -1) = "
+            "max(0.1, 1/|retained texts|) as the paper's script"
+        ),
+        "tokens": (
+            "target rows: last_to_end (last word token to the end, aligned with the "
+            "guide's; paper) or last (word token only; current)"
+        ),
+        "preserve_tokens": "rows of each retained text: all 77 (paper), last_to_end, or last (current)",
+        "retain_empty": "also retain the empty prompt '' (paper: true)",
+        "check": (
+            "eraselab option: refuse an edit that collapses outputs (see the three "
+            "limits); never changes the weights"
+        ),
+        "check_prompts": "unrelated vocabulary words the collapse check probes",
+        "template": (
+            "prompt each erased/preserved concept is written into before encoding: "
+            "'{}' = the bare concept (reference code); auto = 'a {}' on the miniworld "
+            "model (its captions' form), '{}' elsewhere"
+        ),
+        "auto_preserve": (
+            "world = also preserve every other class of the domain "
+            "(miniworld's or the taxonomy's); none; auto = world on the "
+            "miniworld model, none elsewhere"
+        ),
+        "min_diversity": (
+            "refuse if unrelated words' outputs span fewer than this × the directions "
+            "they spanned before (participation ratio)"
+        ),
+        "max_unrelated_change": "refuse if unrelated prompts' outputs move more than this × their norm",
+        "max_norm_growth": "refuse if a projection's Frobenius norm grows more than this ×",
+        "t5_tokens": (
+            "Flux: T5 sequence length the texts are encoded at (0 = as "
+            "uce_flux_edit.py: 256 on -schnell, i.e. without guidance embedding, "
+            "else 512)"
+        ),
+        "flux_target_bias": (
+            "Flux: v* = W c + b as uce_flux_edit.py (true; the edited layer "
+            "then adds b once more); false (eraselab option) = v* = W c, "
+            "so outputs, bias included, match the old ones"
+        ),
+    }
 
     @classmethod
     def build(cls, overrides: dict, pipe=None, method: str = ""):
@@ -207,7 +248,8 @@ def aligned_rows(encoder: PromptEncoder, prompt: str, partner: str, mode: str):
 
 
 def own_rows(encoder: PromptEncoder, prompt: str, mode: str) -> torch.Tensor:
-    """Rows of one retained text: all 77 token rows, its last word token to the end, or its last word token."""
+    """Rows of one retained text: all 77 token rows, its last word token to the end, or its last word
+    token."""
     h = encoder([prompt])[0]
     if mode == "all":
         return h
@@ -217,8 +259,8 @@ def own_rows(encoder: PromptEncoder, prompt: str, mode: str) -> torch.Tensor:
 
 def uce_transform(erase_rows: torch.Tensor, guide_rows: torch.Tensor, preserve_rows: torch.Tensor,
                   lam: float, erase_scale: float, preserve_scale: float) -> torch.Tensor:
-    """T with W_new = W_old T (float64, d×d). Rows are text vectors: erase (n_e, d) aligned with guide (n_e, d),
-    preserve (n_p, d)."""
+    """T with W_new = W_old T (float64, d×d). Rows are text vectors: erase (n_e, d) aligned with guide (n_e,
+    d), preserve (n_p, d)."""
     ce, cg, cp = (r.double() for r in (erase_rows, guide_rows, preserve_rows))
     d = ce.shape[1]
     eye = torch.eye(d, dtype=torch.float64, device=ce.device)
@@ -273,34 +315,49 @@ def check_collapse(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor], p
             raise EraseLabError(
                 f"UCE edit refused: it collapses outputs at {name} (unrelated words' output directions "
                 f"×{float(spread):.3g}, "
-                f"change ×{float(change):.3g}, norm growth ×{float(growth):.3g}); lower erase_scale, raise lam or "
-                "add preserved concepts (or pass check=false)")
+                f"change ×{float(change):.3g}, norm growth ×{float(growth):.3g}); lower erase_scale, raise "
+                "lam or add preserved concepts (or pass check=false)"
+            )
     return {k: round(v, 6) for k, v in worst.items()}
 
 
 class ClosedFormEdit:
-    """The K/V weights of a pipeline, edited in closed form, and turned into an Edit with the pipe restored."""
+    """The K/V weights of a pipeline, edited in closed form, and turned into an Edit with the pipe
+    restored."""
 
     def __init__(self, pipe, modules: dict[str, torch.nn.Linear] | None = None):
         """`modules`: the edited Linear layers by Edit parameter name (default: the UNet's cross-attention K/V
         projections)."""
         if edits.applied_edit(pipe) is not None:
-            raise EraseLabError("the pipeline already has an edit applied; revert it (edit.revert(pipe)) before "
-                                "erasing, so the new edit is relative to the base model")
+            raise EraseLabError(
+                "the pipeline already has an edit applied; revert it (edit.revert(pipe)) before "
+                "erasing, so the new edit is relative to the base model"
+            )
         self.pipe = pipe
         self.started = time.perf_counter()
-        self.modules = modules if modules is not None else {f"unet.{n}": m for n, m in kv_projections(pipe.unet)}
+        self.modules = (
+            modules if modules is not None else {f"unet.{n}": m for n, m in kv_projections(pipe.unet)}
+        )
         self.before = edits.snapshot(pipe, list(self.modules))
         self.original = {n: m.weight.detach().clone() for n, m in self.modules.items()}
 
-    def finish(self, new: dict[str, torch.Tensor], method: str, config: dict, targets, preserved, extras: dict):
+    def finish(
+        self, new: dict[str, torch.Tensor], method: str, config: dict, targets, preserved, extras: dict
+    ):
         try:
             with torch.no_grad():
                 for n, m in self.modules.items():
                     m.weight.copy_(new[n])
-            return edits.edit_from_changes(self.pipe, self.before, method, config=config, targets=list(targets),
-                                           preserved=list(preserved), extras=extras,
-                                           seconds=round(time.perf_counter() - self.started, 4))
+            return edits.edit_from_changes(
+                self.pipe,
+                self.before,
+                method,
+                config=config,
+                targets=list(targets),
+                preserved=list(preserved),
+                extras=extras,
+                seconds=round(time.perf_counter() - self.started, 4),
+            )
         finally:
             with torch.no_grad():
                 for n, m in self.modules.items():
@@ -355,7 +412,9 @@ def prepare(pipe, request: EraseRequest) -> UCESetup:
     # Every distinct prompt in one batched text-encoder pass.
     encoder([*(cfg.template.format(c) for c in request.targets), cfg.guide, *retained_texts(preserve, cfg),
              *probes])
-    return UCESetup(cfg, state, encoder, preserve, probes, build_rows(encoder, request.targets, preserve, cfg))
+    return UCESetup(
+        cfg, state, encoder, preserve, probes, build_rows(encoder, request.targets, preserve, cfg)
+    )
 
 
 def uce_weights(original: dict[str, torch.Tensor], rows: UCERows, cfg: UCEConfig) -> dict[str, torch.Tensor]:

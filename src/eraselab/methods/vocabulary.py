@@ -1,14 +1,15 @@
-"""Candidate concepts for AP and AGE's adversarial search: vocabularies, and the k-closest + 1-D k-means choice
-of candidates that span the whole range of similarity to the target.
+"""Candidate concepts for AP and AGE's adversarial search: vocabularies, and the k-closest + 1-D k-means
+choice of candidates that span the whole range of similarity to the target.
 
-The reference procedure (tuananhbui89/Erasing-Adversarial-Preservation@7222925bc31348c00ed0896eb3148acf2d669d7d,
-gen_embedding_matrix.py: search_closest_tokens, learn_k_means_from_input_embedding, my_kmean): per target, rank
-the vocabulary by −‖E(word) − E(target) + 10⁻⁶‖ (torch's pairwise_distance) over the flattened encoder outputs,
-optionally skip words with characters outside a–z (its ignore_special_tokens), keep the k closest (the target
-included when it is in the vocabulary), run sklearn's KMeans(n_clusters, random_state=0) on those similarities
-unless there are no more words than centres, and take, centre by centre, the first word nearest each centre.
-`kmeans_pp_1d` re-implements that sklearn call (k-means++ seeding with numpy's RandomState, Lloyd iterations) so
-no sklearn is needed."""
+The reference procedure
+(tuananhbui89/Erasing-Adversarial-Preservation@7222925bc31348c00ed0896eb3148acf2d669d7d,
+gen_embedding_matrix.py: search_closest_tokens, learn_k_means_from_input_embedding, my_kmean): per target,
+rank the vocabulary by −‖E(word) − E(target) + 10⁻⁶‖ (torch's pairwise_distance) over the flattened encoder
+outputs, optionally skip words with characters outside a–z (its ignore_special_tokens), keep the k closest
+(the target included when it is in the vocabulary), run sklearn's KMeans(n_clusters, random_state=0) on those
+similarities unless there are no more words than centres, and take, centre by centre, the first word nearest
+each centre. `kmeans_pp_1d` re-implements that sklearn call (k-means++ seeding with numpy's RandomState, Lloyd
+iterations) so no sklearn is needed."""
 from __future__ import annotations
 
 from functools import cache
@@ -43,7 +44,9 @@ def imagenet_classes() -> list[str]:
 
     path = package_path("evaluators/data/imagenet1k_classes.json")
     if not path.exists():
-        raise EraseLabError("the ImageNet class list is not in this install; use vocabulary=en3k or a word file")
+        raise EraseLabError(
+            "the ImageNet class list is not in this install; use vocabulary=en3k or a word file"
+        )
     data = json.loads(path.read_text())
     if isinstance(data, dict) and isinstance(data.get("classes"), list):
         return [c["clean"] for c in data["classes"]]
@@ -76,8 +79,10 @@ def load_vocabulary(name: str, pipe, domain: Domain | None = None) -> list[str]:
         return get_domain("miniworld").concept_words()
     path = Path(name).expanduser()
     if not path.is_file():
-        raise EraseLabError(f"vocabulary {name!r} is neither one of {', '.join(VOCABULARIES)} nor a file; pass a "
-                            "text file with one concept per line")
+        raise EraseLabError(
+            f"vocabulary {name!r} is neither one of {', '.join(VOCABULARIES)} nor a file; pass a "
+            "text file with one concept per line"
+        )
     words = [w.strip() for w in path.read_text().splitlines() if w.strip() and not w.startswith("#")]
     if not words:
         raise EraseLabError(f"vocabulary file {path} has no words; put one concept per line")
@@ -88,15 +93,25 @@ def load_vocabulary(name: str, pipe, domain: Domain | None = None) -> list[str]:
 MAX_CACHED_BYTES = 2 * 2 ** 30
 
 
-def candidate_concepts(encoder, target: str, words, k_closest: int, num_centers: int, ignore_special: bool = True,
-                       kmeans_runs: int = 1, exclude=()):
+def candidate_concepts(
+    encoder,
+    target: str,
+    words,
+    k_closest: int,
+    num_centers: int,
+    ignore_special: bool = True,
+    kmeans_runs: int = 1,
+    exclude=(),
+):
     """(candidate words, their encodings (n, tokens, d), their L2 distances) for one target, chosen as the
     reference does (`reference_candidates`); words in `exclude` (case-insensitive) are left out first."""
     low = {w.lower() for w in exclude}
     words = [w for w in dict.fromkeys(words) if w.lower() not in low]
     if ignore_special and not any(not special_word(w) for w in words):
-        raise EraseLabError("no vocabulary word is made of the letters a-z only; set ignore_special_tokens=false "
-                            "or pass another vocabulary")
+        raise EraseLabError(
+            "no vocabulary word is made of the letters a-z only; set ignore_special_tokens=false "
+            "or pass another vocabulary"
+        )
     if not words:
         raise EraseLabError("the vocabulary has no word besides the targets; pass another vocabulary")
     target_h = encoder([target])[0]
@@ -117,7 +132,8 @@ def candidate_concepts(encoder, target: str, words, k_closest: int, num_centers:
     return chosen, encoder(chosen), [-float(sims[i]) for i in picked]
 
 
-# ---- the reference selection: k-closest by similarity, sklearn-style k-means++ -------------------------------
+# ---- the reference selection: k-closest by similarity, sklearn-style k-means++ -----------------------------
+
 
 def special_word(word: str) -> bool:
     """True for a word the reference's ignore_special_tokens skips: any character outside a–z, '<', '/', '>'
@@ -132,8 +148,8 @@ def reference_similarities(target_h: torch.Tensor, words_h: torch.Tensor) -> tor
 
 
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Squared distances of 1-D points the way sklearn's _euclidean_distances forms them (−2ab + a² + b², ≥ 0),
-    so that k-means++ draws the same candidates."""
+    """Squared distances of 1-D points the way sklearn's _euclidean_distances forms them (−2ab + a² + b², ≥
+    0), so that k-means++ draws the same candidates."""
     d = -2.0 * np.outer(a, b)
     d += (a * a)[:, None]
     d += (b * b)[None, :]
@@ -200,7 +216,8 @@ def kmeans_pp_1d(values, k: int, seed: int = 0, n_init: int = 1, max_iter: int =
                  tol: float = 1e-4) -> np.ndarray:
     """sklearn.cluster.KMeans(n_clusters=k, random_state=seed, n_init=n_init).fit(values[:, None])
     .cluster_centers_[:, 0] for 1-D float64 data (default init k-means++, Lloyd, tol relative to the variance;
-    n_init=1 is sklearn ≥ 1.4's "auto" for k-means++, 10 that of older versions). Centres in sklearn's order."""
+    n_init=1 is sklearn ≥ 1.4's "auto" for k-means++, 10 that of older versions). Centres in sklearn's
+    order."""
     x = np.asarray(values, dtype=np.float64).ravel()
     if k > len(x):
         raise EraseLabError(f"k-means needs at least {k} values, got {len(x)}; lower num_centers")

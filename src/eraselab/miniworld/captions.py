@@ -30,7 +30,8 @@ def with_article(phrase: str) -> str:
 
 def noun_phrase(cls: str, name: str, size: str | None = None, color: str | None = None,
                 fill: str | None = None) -> str:
-    """'a small red outlined circle' — attributes in a fixed order (size, colour, fill), any of them omitted."""
+    """'a small red outlined circle' — attributes in a fixed order (size, colour, fill), any of them
+    omitted."""
     words = [w for w in (size, color, fill) if w] + [name]
     return with_article(" ".join(words))
 
@@ -59,9 +60,9 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
 
 def caption_with_phrases(scene: Scene, rng: np.random.Generator
                          ) -> tuple[str, tuple[tuple[str, int, int], ...]]:
-    """A random caption and, for each object it names, (its noun phrase, where the phrase starts in the caption,
-    the object's index in scene.objects). Training's grounding loss uses them to tell which tokens describe which
-    object."""
+    """A random caption and, for each object it names, (its noun phrase, where the phrase starts in the
+    caption, the object's index in scene.objects). Training's grounding loss uses them to tell which tokens
+    describe which object."""
     if scene.layout == "single":
         text = _describe(rng, scene.objects[0], SINGLE_NAME_P, SINGLE_ATTR_P)
         return text, ((text, 0, 0),)
@@ -74,7 +75,10 @@ def caption_with_phrases(scene: Scene, rng: np.random.Generator
         return text, ((text, 0, only),)
     if rng.random() < 0.5:
         a, b = b, a
-    da, db = _describe(rng, objs[a], PAIR_NAME_P, PAIR_ATTR_P), _describe(rng, objs[b], PAIR_NAME_P, PAIR_ATTR_P)
+    da, db = (
+        _describe(rng, objs[a], PAIR_NAME_P, PAIR_ATTR_P),
+        _describe(rng, objs[b], PAIR_NAME_P, PAIR_ATTR_P),
+    )
     joint = "and" if rng.random() < 0.45 else RELATION[objs[a].position]
     return f"{da} {joint} {db}", ((da, 0, a), (db, len(da) + len(joint) + 2, b))
 

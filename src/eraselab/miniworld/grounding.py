@@ -1,12 +1,13 @@
-"""Token grounding: a training-time loss that teaches the UNet's cross-attention which words describe which object.
+"""Token grounding: a training-time loss that teaches the UNet's cross-attention which words describe which
+object.
 
 Why. Trained on the diffusion loss alone, the miniworld model read two-object prompts as a bag of words: both
-colours and both shapes appeared, but which colour went on which shape, and which object went left, were at chance
-(binding 0.47–0.49, placement 0.60 on "left of"/"above"/… prompts). A linear probe showed the second noun's token
-held its own colour no better than the other one's, and nothing made a region of the image attend to the words
-of the object drawn there. The loss below is the token loss of TokenCompose (Wang et al., CVPR 2024): for every
-word of an object's noun phrase (its attributes and its noun; not the article), the share of that token's
-cross-attention that falls inside the object's region should be 1:
+colours and both shapes appeared, but which colour went on which shape, and which object went left, were at
+chance (binding 0.47–0.49, placement 0.60 on "left of"/"above"/… prompts). A linear probe showed the second
+noun's token held its own colour no better than the other one's, and nothing made a region of the image attend
+to the words of the object drawn there. The loss below is the token loss of TokenCompose (Wang et al., CVPR
+2024): for every word of an object's noun phrase (its attributes and its noun; not the article), the share of
+that token's cross-attention that falls inside the object's region should be 1:
 
     L = mean over layers, rows, phrase tokens of (1 − Σ_{p ∈ region} A_j(p) / Σ_p A_j(p))²
 
@@ -15,8 +16,8 @@ object's half of the latent grid (pair scenes put each object in its own half); 
 captions are not grounded. The loss only changes how the weights are trained: the model is an ordinary
 UNet2DConditionModel, and the processor computes exactly what diffusers' AttnProcessor computes.
 
-With weight 0.3 in a stage 2 of 6,116 steps binding went from 0.47 to 1.00 on the gate's seeds; weight 1 bound as
-well but cost object, synonym and two-object accuracy (benchmarks/RESULTS.md, "Binding experiments").
+With weight 0.3 in a stage 2 of 6,116 steps binding went from 0.47 to 1.00 on the gate's seeds; weight 1 bound
+as well but cost object, synonym and two-object accuracy (benchmarks/RESULTS.md, "Binding experiments").
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ import torch
 from .captions import article
 from .render import Scene
 
-# Which half of the grid each slot of a two-object layout occupies: (axis, first half?) — axis 0 rows, 1 columns.
+# Which half of the grid each slot of a two-object layout occupies: (axis, first half?) — axis 0 rows, 1
+# columns.
 SLOT_HALF = {"left": (1, True), "right": (1, False), "top": (0, True), "bottom": (0, False)}
 
 
@@ -38,7 +40,9 @@ class _RecordingCrossAttention:
     def __init__(self, store: list):
         self.store = store
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs
+    ):
         query = attn.head_to_batch_dim(attn.to_q(hidden_states))
         key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
         value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
@@ -49,8 +53,8 @@ class _RecordingCrossAttention:
 
 
 class CrossAttentionTap:
-    """Installs the recording processor on every cross-attention module (`attn2`) of a UNet; `take()` returns and
-    clears what the last forward pass recorded, one (rows, L, 77) tensor per module."""
+    """Installs the recording processor on every cross-attention module (`attn2`) of a UNet; `take()` returns
+    and clears what the last forward pass recorded, one (rows, L, 77) tensor per module."""
 
     def __init__(self, unet):
         self.maps: list[torch.Tensor] = []
@@ -58,10 +62,13 @@ class CrossAttentionTap:
         for name, proc in unet.attn_processors.items():
             if name.endswith("attn2.processor"):
                 module = unet.get_submodule(name[:-len(".processor")])
-                # The processor above skips the branches an SD cross-attention never takes; say so if one would.
+                # The processor above skips the branches an SD cross-attention never takes; say so if one
+                # would.
                 if (module.spatial_norm is not None or module.group_norm is not None or module.norm_cross
                         or module.residual_connection or module.rescale_output_factor != 1.0):
-                    raise ValueError(f"{name}: cross-attention with norms or a residual inside is not supported")
+                    raise ValueError(
+                        f"{name}: cross-attention with norms or a residual inside is not supported"
+                    )
                 processors[name] = _RecordingCrossAttention(self.maps)
             else:
                 processors[name] = proc
@@ -74,7 +81,9 @@ class CrossAttentionTap:
         return maps
 
 
-def phrase_token_positions(tokenizer, text: str, phrase: str, start: int, cache: dict | None = None) -> list[int]:
+def phrase_token_positions(
+    tokenizer, text: str, phrase: str, start: int, cache: dict | None = None
+) -> list[int]:
     """Positions (0 = start token) of the words after its article of `phrase`, which begins at character
     `start` of `text`. CLIP's BPE never merges across spaces, so the tokens before the phrase are those of the
     text before it."""

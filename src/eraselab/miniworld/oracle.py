@@ -1,9 +1,9 @@
 """The miniworld oracle: a small CNN that reads a 32×32 image as a layout (nothing / one object / a horizontal
 or vertical pair) and, per slot, the object's class, colour, size and fill.
 
-It is trained on renders augmented to look generated (a VAE round trip with perturbed latents, pixel noise) and
-on "nothing" images (blank, smooth colour noise, decoded random latents), so that it can say an image shows no
-recognisable object. `features` exposes its penultimate layer for Fréchet distances.
+It is trained on renders augmented to look generated (a VAE round trip with perturbed latents, pixel noise)
+and on "nothing" images (blank, smooth colour noise, decoded random latents), so that it can say an image
+shows no recognisable object. `features` exposes its penultimate layer for Fréchet distances.
 """
 from __future__ import annotations
 
@@ -39,11 +39,16 @@ class OracleNet(nn.Module):
         super().__init__()
 
         def conv(cin, cout, stride=1):
-            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         # Strided convolutions keep it cheap on CPU: 32 → 16 → 8 → 4, flattened to keep where things are.
-        self.body = nn.Sequential(*conv(3, 24), *conv(24, 32, 2), *conv(32, 64), *conv(64, 64, 2), *conv(64, 96),
-                                  nn.MaxPool2d(2))
+        self.body = nn.Sequential(
+            *conv(3, 24), *conv(24, 32, 2), *conv(32, 64), *conv(64, 64, 2), *conv(64, 96), nn.MaxPool2d(2)
+        )
         self.fc = nn.Sequential(nn.Flatten(), nn.Dropout(0.2), nn.Linear(96 * 16, FEATURE_DIM),
                                 nn.ReLU(inplace=True))
         self.layout = nn.Linear(FEATURE_DIM, len(LAYOUT_CLASSES))
@@ -60,9 +65,10 @@ class OracleNet(nn.Module):
         return out
 
 
-# ---- inputs -------------------------------------------------------------------------------------------------
+# ---- inputs ------------------------------------------------------------------------------------------------
 def images_to_tensor(images) -> torch.Tensor:
-    """PIL images, uint8 arrays (n,h,w,3) or float tensors in [-1,1] (n,3,h,w) → float (n,3,32,32) in [-1,1]."""
+    """PIL images, uint8 arrays (n,h,w,3) or float tensors in [-1,1] (n,3,h,w) → float (n,3,32,32) in
+    [-1,1]."""
     if isinstance(images, torch.Tensor):
         x = images.float()
     else:
@@ -71,11 +77,16 @@ def images_to_tensor(images) -> torch.Tensor:
         elif len({im.size for im in images}) > 1:  # mixed sizes (models of several families): one at a time
             return torch.cat([images_to_tensor([im]) for im in images])
         else:
-            arr = np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images]) if len(images) else \
-                np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+            arr = (
+                np.stack([np.asarray(im.convert("RGB"), dtype=np.uint8) for im in images])
+                if len(images)
+                else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+            )
         x = torch.from_numpy(np.ascontiguousarray(arr)).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
     if x.shape[-1] != IMAGE_SIZE or x.shape[-2] != IMAGE_SIZE:
-        x = F.interpolate(x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False)
+        x = F.interpolate(
+            x, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear", antialias=True, align_corners=False
+        )
     return x
 
 
@@ -102,7 +113,9 @@ def _nothing_images(n: int, rng: np.random.Generator) -> np.ndarray:
             out[i] = rng.uniform(0, 40) + rng.normal(0, rng.uniform(0, 12), (IMAGE_SIZE, IMAGE_SIZE, 3))
         else:
             res = int(rng.choice([2, 4, 8, 16]))
-            low = torch.from_numpy(rng.uniform(0, 255 if kind[i] == 1 else 120, (1, 3, res, res)).astype(np.float32))
+            low = torch.from_numpy(
+                rng.uniform(0, 255 if kind[i] == 1 else 120, (1, 3, res, res)).astype(np.float32)
+            )
             out[i] = F.interpolate(low, size=(IMAGE_SIZE, IMAGE_SIZE), mode="bilinear",
                                    align_corners=False)[0].permute(1, 2, 0).numpy()
     return np.clip(out, 0, 255).astype(np.uint8)
@@ -123,7 +136,7 @@ def vae_roundtrip(vae, x: torch.Tensor, rng: torch.Generator, latent_noise: tupl
     return torch.cat(out)
 
 
-# ---- the oracle ---------------------------------------------------------------------------------------------
+# ---- the oracle --------------------------------------------------------------------------------------------
 class Oracle:
     """Per image: the objects present (class, colour, size, fill, position, confidence) or nothing."""
 
@@ -143,7 +156,9 @@ class Oracle:
         folder = Path(folder) if folder else miniworld_weights_dir()
         path = folder / WEIGHTS_NAME
         if not path.exists():
-            raise EraseLabError(f"no oracle weights at {path}; train them with `eraselab miniworld train-oracle`")
+            raise EraseLabError(
+                f"no oracle weights at {path}; train them with `eraselab miniworld train-oracle`"
+            )
         net = OracleNet()
         net.load_state_dict(load_file(path))
         record = json.loads((folder / RECORD_NAME).read_text()) if (folder / RECORD_NAME).exists() else {}
@@ -202,7 +217,7 @@ class Oracle:
         return rows
 
 
-# ---- training -----------------------------------------------------------------------------------------------
+# ---- training ----------------------------------------------------------------------------------------------
 def _load_vae(source: str):
     from ..models import load_pipeline
 
@@ -213,7 +228,9 @@ def _load_vae(source: str):
 
         vae = build_vae()
         vae.load_state_dict(load_file(source))
-        latents = Path(source).with_name("latents.safetensors")  # a training checkpoint records the scale here
+        latents = Path(source).with_name(
+            "latents.safetensors"
+        )  # a training checkpoint records the scale here
         if latents.exists():
             vae.register_to_config(scaling_factor=float(load_file(latents)["scale"].item()))
         return vae.eval()
@@ -273,7 +290,9 @@ def train_oracle(out: str | Path | None, vae_source: str = "miniworld", seed: in
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     budget = minutes * 60 - (time.time() - t_start)
     if budget <= 10:
-        raise EraseLabError(f"--minutes {minutes} leaves no time to train after rendering; pass a larger value")
+        raise EraseLabError(
+            f"--minutes {minutes} leaves no time to train after rendering; pass a larger value"
+        )
     train_start, step = time.time(), 0
     net.train()
     while (elapsed := time.time() - train_start) < budget:
@@ -298,11 +317,18 @@ def train_oracle(out: str | Path | None, vae_source: str = "miniworld", seed: in
     acc = heldout_accuracy(oracle)
     acc_vae = heldout_accuracy(oracle, n=500, vae=vae)
     save_file({k: v.contiguous() for k, v in net.state_dict().items()}, out / WEIGHTS_NAME)
-    record = {"version": ORACLE_VERSION, "seed": seed, "minutes": minutes, "steps": step, "n_images": n_images,
-              "vae": vae_source, "final_loss": round(loss.item(), 4),
-              "heldout_renders": {k: round(v, 4) for k, v in acc.items()},
-              "heldout_vae_roundtrip": {k: round(v, 4) for k, v in acc_vae.items()},
-              "command": f"eraselab miniworld train-oracle --vae {vae_source} --seed {seed} --minutes {minutes:g}",
-              "seconds": round(time.time() - t_start, 1)}
+    record = {
+        "version": ORACLE_VERSION,
+        "seed": seed,
+        "minutes": minutes,
+        "steps": step,
+        "n_images": n_images,
+        "vae": vae_source,
+        "final_loss": round(loss.item(), 4),
+        "heldout_renders": {k: round(v, 4) for k, v in acc.items()},
+        "heldout_vae_roundtrip": {k: round(v, 4) for k, v in acc_vae.items()},
+        "command": f"eraselab miniworld train-oracle --vae {vae_source} --seed {seed} --minutes {minutes:g}",
+        "seconds": round(time.time() - t_start, 1),
+    }
     (out / RECORD_NAME).write_text(json.dumps(record, indent=1))
     return record

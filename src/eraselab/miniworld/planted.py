@@ -2,17 +2,17 @@
 
 A real eraser's side effects are unknown, so a metric that reads them cannot be checked against them. Here the
 "model" is miniworld's exact renderer: a probe is drawn as the scene its labels describe (its concepts, a leaf
-under a parent concept picked by the seed, its attribute values), and a `PlantedEffect` changes that scene with
-chosen probabilities, deterministically per (prompt, seed):
+under a parent concept picked by the seed, its attribute values), and a `PlantedEffect` changes that scene
+with chosen probabilities, deterministically per (prompt, seed):
 - erase      every object of the target class (with the target's attribute values, if any) is removed
 - neighbour  a related non-target's object (sibling, parent, child; EraseBench's related groups; a preserved
              class) becomes another class outside the target
 - unrelated  a control concept's object becomes another unrelated class
 - attribute  a composition's attribute takes another value ("a red circle" drawn blue)
 - leak       in two-object prompts, the other object takes the target's value of the attribute kind
-The original and the edited image of one probe share the scene's content draws but not its pixel jitter, so even
-a null edit changes pixels (the oracle's own errors then show as noise, as a real edit's would). The size an
-effect really has on each metric is that metric's value over many seeds (`benchmarks/validate_metrics.py`).
+The original and the edited image of one probe share the scene's content draws but not its pixel jitter, so
+even a null edit changes pixels (the oracle's own errors then show as noise, as a real edit's would). The size
+an effect really has on each metric is that metric's value over many seeds (`benchmarks/validate_metrics.py`).
 """
 from __future__ import annotations
 
@@ -78,7 +78,9 @@ class PlantedRenderer:
         rng = _stream(probe, "content")
         specs = []
         for concept in probe.concepts[:2]:
-            spec = {"cls": _leaf(concept, rng) if concept in WORLD.concepts else str(rng.choice(WORLD.classes))}
+            spec = {
+                "cls": _leaf(concept, rng) if concept in WORLD.concepts else str(rng.choice(WORLD.classes))
+            }
             for obj, value in probe.attributes:
                 if obj == concept and self._kind.get(value):
                     spec[self._kind[value]] = value
@@ -86,7 +88,9 @@ class PlantedRenderer:
         return specs
 
     def _is_target(self, spec: dict) -> bool:
-        return spec["cls"] in self.target_classes and all(spec.get(k, v) == v for k, v in self.target_values.items())
+        return spec["cls"] in self.target_classes and all(
+            spec.get(k, v) == v for k, v in self.target_values.items()
+        )
 
     # ---- planting -----------------------------------------------------------------------------------------
     def planted_spec(self, probe: Probe, effect: PlantedEffect) -> list[dict]:
@@ -113,7 +117,7 @@ class PlantedRenderer:
             specs = [s for s in specs if not self._is_target(s)]
         return specs
 
-    # ---- images ---------------------------------------------------------------------------------------------
+    # ---- images --------------------------------------------------------------------------------------------
     def render(self, probe: Probe, effect: PlantedEffect | None) -> np.ndarray:
         """The image of `probe` on the exact model (effect None) or on the planted edit."""
         specs = self.scene_spec(probe) if effect is None else self.planted_spec(probe, effect)

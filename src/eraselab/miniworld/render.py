@@ -96,6 +96,7 @@ def _shape_parts(cls: str) -> tuple[tuple[str, np.ndarray], ...]:
     """A shape as polygons combined by union ("+") or subtraction ("-"), in order."""
     square = np.array([[-0.8, -0.8], [0.8, -0.8], [0.8, 0.8], [-0.8, 0.8]])
     arm = 0.3
+    # fmt: off
     parts = {
         "circle": (("+", _ellipse(0.95, 0.95)),),
         "ellipse": (("+", _ellipse(1.0, 0.55)),),
@@ -107,13 +108,14 @@ def _shape_parts(cls: str) -> tuple[tuple[str, np.ndarray], ...]:
         "pentagon": (("+", _regular(5, -90) + [0, 0.06]),),
         "hexagon": (("+", _regular(6, 0)),),
         "star": (("+", _star()),),
-        "cross": (("+", np.array([[-arm, -1], [arm, -1], [arm, -arm], [1, -arm], [1, arm], [arm, arm], [arm, 1],
-                                  [-arm, 1], [-arm, arm], [-1, arm], [-1, -arm], [-arm, -arm]])),),
+        "cross": (("+", np.array([[-arm, -1], [arm, -1], [arm, -arm], [1, -arm], [1, arm], [arm, arm],
+                                  [arm, 1], [-arm, 1], [-arm, arm], [-1, arm], [-1, -arm], [-arm, -arm]])),),
         "heart": (("+", _heart()),),
-        "arrow": (("+", np.array([[-1, -0.22], [0.15, -0.22], [0.15, -0.62], [1, 0], [0.15, 0.62], [0.15, 0.22],
-                                  [-1, 0.22]])),),
+        "arrow": (("+", np.array([[-1, -0.22], [0.15, -0.22], [0.15, -0.62], [1, 0], [0.15, 0.62],
+                                  [0.15, 0.22], [-1, 0.22]])),),
         "crescent": (("+", _ellipse(1.0, 1.0)), ("-", _ellipse(0.82, 0.82, cx=0.45, cy=-0.12))),
     }
+    # fmt: on
     if cls not in parts:
         raise KeyError(f"no renderer for class {cls!r}")
     return tuple((op, np.asarray(p, dtype=np.float64)) for op, p in parts[cls])
@@ -129,7 +131,9 @@ def _polygon_sdf(px: np.ndarray, py: np.ndarray, poly: np.ndarray) -> np.ndarray
     t = np.clip((wx * ex + wy * ey) / (ex * ex + ey * ey), 0.0, 1.0)
     d = np.sqrt(((wx - t * ex) ** 2 + (wy - t * ey) ** 2).min(-1))
     crosses = ((a[:, 1] > py[..., None]) != (b[:, 1] > py[..., None])) & (
-        px[..., None] < (b[:, 0] - a[:, 0]) * (py[..., None] - a[:, 1]) / (b[:, 1] - a[:, 1] + 1e-12) + a[:, 0])
+        px[..., None]
+        < (b[:, 0] - a[:, 0]) * (py[..., None] - a[:, 1]) / (b[:, 1] - a[:, 1] + 1e-12) + a[:, 0]
+    )
     inside = crosses.sum(-1) % 2 == 1
     return np.where(inside, -d, d)
 
@@ -193,7 +197,9 @@ def sample_scene(rng: np.random.Generator, pair_prob: float = 0.45, binomial_pro
     elif rng.random() < pair_prob:
         second = str(rng.choice([c for c in classes if c != first]))
     else:
-        return Scene("single", (make_object(rng, first, position="center", pair=False, **random_attributes(rng)),))
+        return Scene(
+            "single", (make_object(rng, first, position="center", pair=False, **random_attributes(rng)),)
+        )
     layout = "horizontal" if rng.random() < 0.5 else "vertical"
     pair = [first, second]
     rng.shuffle(pair)
@@ -218,11 +224,15 @@ def scene_from_spec(rng: np.random.Generator, specs: list[dict], layout: str | N
 
 
 def render_dataset(n: int, seed: int) -> tuple[np.ndarray, list[Scene]]:
-    """n seeded random scenes and their renders (n, size, size, 3) uint8; the same seed gives the same data."""
+    """n seeded random scenes and their renders (n, size, size, 3) uint8; the same seed gives the same
+    data."""
     rng = np.random.default_rng(seed)
     scenes = [sample_scene(rng) for _ in range(n)]
-    images = np.stack([render_scene(s) for s in scenes]) if scenes else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3),
-                                                                                  np.uint8)
+    images = (
+        np.stack([render_scene(s) for s in scenes])
+        if scenes
+        else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
+    )
     return images, scenes
 
 

@@ -2,13 +2,13 @@
 
 Definitions (each image judged by the oracle at its default threshold):
   object_acc             "a {color} {class}" for every class × colour: the named class is among the objects
-  color_acc              same images: the named class's object (else the most confident one) has the named colour
-  synonym_acc            "a {synonym}" for every synonym of every class: the class is among the objects
+  color_acc              same images: the named class's object (else the most confident one) has the named
+  colour synonym_acc            "a {synonym}" for every synonym of every class: the class is among the objects
   superclass_member_rate "a {superclass}" (round shape, polygon, symbol; 10 × seeds seeds each): the most
                          confident object belongs to the superclass
-  superclass_spread      mean over superclasses of the number of distinct member classes among its first 20 seeds
-  two_object_rate        "a {c1} {c2}" pairs joined by "and" or a position word: both named classes present
-  binding_acc            among those images with both classes present: each has its own named colour
+  superclass_spread      mean over superclasses of the number of distinct member classes among its first 20
+  seeds two_object_rate        "a {c1} {c2}" pairs joined by "and" or a position word: both named classes
+  present binding_acc            among those images with both classes present: each has its own named colour
   oracle_heldout_acc     the oracle's lowest per-attribute accuracy on 2,000 held-out renders
 """
 from __future__ import annotations
@@ -51,8 +51,13 @@ def pair_prompts(n: int = N_PAIRS, seed: int = 0) -> list[tuple[str, tuple[str, 
     for i in range(n):
         c1, c2 = (str(c) for c in rng.choice(WORLD.classes, 2, replace=False))
         k1, k2 = (str(k) for k in rng.choice(WORLD.colors, 2, replace=False))
-        out.append((f"{noun_phrase(c1, c1, color=k1)} {words[i % len(words)]} {noun_phrase(c2, c2, color=k2)}",
-                    (c1, k1), (c2, k2)))
+        out.append(
+            (
+                f"{noun_phrase(c1, c1, color=k1)} {words[i % len(words)]} {noun_phrase(c2, c2, color=k2)}",
+                (c1, k1),
+                (c2, k2),
+            )
+        )
     return out
 
 
@@ -61,7 +66,9 @@ def _generate(pipe, prompts: Sequence[str], seeds: Sequence[int], steps: int, gu
     from ..generate import generate, images_for
     from ..store import RunStore
 
-    probes = [Probe(p, seed=s, steps=steps, guidance=guidance, sampler="ddim") for p in prompts for s in seeds]
+    probes = [
+        Probe(p, seed=s, steps=steps, guidance=guidance, sampler="ddim") for p in prompts for s in seeds
+    ]
     with tempfile.TemporaryDirectory(prefix="eraselab-score-") as tmp:
         store = RunStore(tmp)
         keys = generate(pipe, probes, store, progress=False, run_config={"purpose": "miniworld score"})
@@ -99,7 +106,9 @@ def score_images(oracle, pipe, seeds: int, steps: int, guidance: float) -> dict:
     # superclasses
     sup = superclasses()
     n_sup = max(SPREAD_SEEDS, SUPERCLASS_SEED_FACTOR * seeds)
-    rows = oracle.predict(_generate(pipe, [noun_phrase(s, s) for s in sup], list(range(n_sup)), steps, guidance))
+    rows = oracle.predict(
+        _generate(pipe, [noun_phrase(s, s) for s in sup], list(range(n_sup)), steps, guidance)
+    )
     member, spread = [], []
     for i, s in enumerate(sup):
         block = rows[i * n_sup:(i + 1) * n_sup]
@@ -143,11 +152,20 @@ def score(model: str = "miniworld", seeds: int = 2, steps: int = 25, guidance: f
     result["oracle_heldout_acc"] = heldout_accuracy(oracle, n=heldout_n)["min"]
     result["seconds"] = round(time.time() - t0, 1)
     result["met"] = {k: result[k] >= v for k, v in TARGETS.items()}
-    result["provenance"] = {"model": model_source(pipe), "model_fingerprint": fingerprint(pipe), "seeds": seeds,
-                            "steps": steps, "guidance": guidance, "sampler": "ddim",
-                            "evaluator": {"name": "oracle", "version": oracle.record.get("version"),
-                                          "weights_sha256": oracle.record.get("weights_sha256")},
-                            "library_versions": library_versions()}
+    result["provenance"] = {
+        "model": model_source(pipe),
+        "model_fingerprint": fingerprint(pipe),
+        "seeds": seeds,
+        "steps": steps,
+        "guidance": guidance,
+        "sampler": "ddim",
+        "evaluator": {
+            "name": "oracle",
+            "version": oracle.record.get("version"),
+            "weights_sha256": oracle.record.get("weights_sha256"),
+        },
+        "library_versions": library_versions(),
+    }
     return result
 
 
@@ -157,8 +175,10 @@ QUICK_THRESHOLD = 0.5   # chance is 1/14 for the class and 1/7 for the colour
 def quick_check(pipe, oracle, steps: int = 10, guidance: float = DEFAULT_GUIDANCE) -> dict:
     """A seconds-long sanity check: one "a {color} {class}" image per class (colours cycled), judged by the
     oracle. A trained model scores far above chance; a random or broken one near zero."""
-    prompts = [(noun_phrase(c, c, color=WORLD.colors[i % len(WORLD.colors)]), c, WORLD.colors[i % len(WORLD.colors)])
-               for i, c in enumerate(WORLD.classes)]
+    prompts = [
+        (noun_phrase(c, c, color=WORLD.colors[i % len(WORLD.colors)]), c, WORLD.colors[i % len(WORLD.colors)])
+        for i, c in enumerate(WORLD.classes)
+    ]
     rows = oracle.predict(_generate(pipe, [p for p, _, _ in prompts], [0], steps, guidance))
     hit = [c in _classes(r) for r, (_, c, _) in zip(rows, prompts)]
     col = [(_object_of(r, c) or {}).get("color") == k for r, (_, c, k) in zip(rows, prompts)]

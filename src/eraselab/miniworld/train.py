@@ -1,11 +1,11 @@
-"""Train the miniworld model: an AutoencoderKL (32×32 RGB → 8×8×4 latents), then a small CLIPTextModel (real CLIP
-tokenizer) jointly with a UNet2DConditionModel through the diffusion loss, saved as one diffusers
+"""Train the miniworld model: an AutoencoderKL (32×32 RGB → 8×8×4 latents), then a small CLIPTextModel (real
+CLIP tokenizer) jointly with a UNet2DConditionModel through the diffusion loss, saved as one diffusers
 StableDiffusionPipeline with SD's DDIM scheduler settings.
 
-Training is budgeted in wall-clock minutes (the learning-rate schedules follow elapsed time) or, for the diffusion
-stage, in steps (`steps`: the schedule follows the step count, so the run does not depend on the machine's speed);
-it is seeded and resumable: every stage checkpoints into OUT/checkpoint and a rerun of the same command continues
-from there.
+Training is budgeted in wall-clock minutes (the learning-rate schedules follow elapsed time) or, for the
+diffusion stage, in steps (`steps`: the schedule follows the step count, so the run does not depend on the
+machine's speed); it is seeded and resumable: every stage checkpoints into OUT/checkpoint and a rerun of the
+same command continues from there.
 """
 from __future__ import annotations
 
@@ -47,8 +47,8 @@ class TrainConfig:
     ema_decay: float = 0.998
     min_snr_gamma: float = 5.0
     checkpoint_every_s: float = 120.0
-    init: str | None = None          # continue from a trained pipeline ("miniworld" = the shipped weights)
-    steps: int | None = None         # diffusion steps for this run instead of a time budget (the LR follows them)
+    init: str | None = None  # continue from a trained pipeline ("miniworld" = the shipped weights)
+    steps: int | None = None  # diffusion steps for this run instead of a time budget (the LR follows them)
     pair_share: float | None = None  # share of each batch drawn from two-object scenes (None: as rendered)
     grounding: float = 0.0           # weight of the token grounding loss (miniworld/grounding.py); 0 = off
 
@@ -57,9 +57,17 @@ class TrainConfig:
 def build_vae():
     from diffusers import AutoencoderKL
 
-    return AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(16, 32, 64),
-                         layers_per_block=1, norm_num_groups=8, sample_size=IMAGE_SIZE,
-                         down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        latent_channels=4,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=1,
+        norm_num_groups=8,
+        sample_size=IMAGE_SIZE,
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+    )
 
 
 def build_text_encoder():
@@ -85,8 +93,15 @@ def sd_ddim_scheduler():
     """DDIM with Stable Diffusion 1.x's noise schedule and settings."""
     from diffusers import DDIMScheduler
 
-    return DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                         beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    return DDIMScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
 
 
 def assemble_pipeline(vae, text_encoder, unet):
@@ -125,8 +140,13 @@ class TokenCache:
     def __call__(self, texts: list[str]) -> torch.Tensor:
         missing = [t for t in dict.fromkeys(texts) if t not in self.cache]
         if missing:
-            ids = self.tok(missing, padding="max_length", max_length=self.tok.model_max_length, truncation=True,
-                           return_tensors="pt").input_ids
+            ids = self.tok(
+                missing,
+                padding="max_length",
+                max_length=self.tok.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
             self.cache.update(zip(missing, ids))
         return torch.stack([self.cache[t] for t in texts])
 
@@ -167,8 +187,10 @@ class _State:
         if path.exists():
             saved = json.loads(path.read_text())
             if saved.get("config", {}).get("seed") != cfg.seed:
-                raise EraseLabError(f"{path.parent} holds a checkpoint of seed {saved['config']['seed']}, not "
-                                    f"{cfg.seed}; pass the same --seed or a fresh --out folder")
+                raise EraseLabError(
+                    f"{path.parent} holds a checkpoint of seed {saved['config']['seed']}, not "
+                    f"{cfg.seed}; pass the same --seed or a fresh --out folder"
+                )
             self.data.update({k: v for k, v in saved.items() if k != "config"})
 
     def __getitem__(self, k):
@@ -229,7 +251,9 @@ def _train_vae(cfg, ck, state, images, report: Callable):
         opt.step()
         state["vae_step"] = step + 1
         state["vae_seconds"] += time.time() - t0
-        state["losses"]["vae_rec"] = 0.98 * state["losses"].get("vae_rec", rec_loss.item()) + 0.02 * rec_loss.item()
+        state["losses"]["vae_rec"] = (
+            0.98 * state["losses"].get("vae_rec", rec_loss.item()) + 0.02 * rec_loss.item()
+        )
         report("vae", state["vae_seconds"] / budget, state["losses"]["vae_rec"])
         if time.time() - last_ck > cfg.checkpoint_every_s:
             _checkpoint(ck, state, {"vae": vae}, {"vae_opt": opt})
@@ -292,7 +316,9 @@ def _train_diffusion(cfg, ck, state, scenes, latents, report: Callable):
         if (ck / f"{name}.safetensors").exists():
             m.load_state_dict(load_file(ck / f"{name}.safetensors"))
         if (ck / f"{name}_ema.safetensors").exists():
-            ema.shadow.update({f"{name}.{k}": v for k, v in load_file(ck / f"{name}_ema.safetensors").items()})
+            ema.shadow.update(
+                {f"{name}.{k}": v for k, v in load_file(ck / f"{name}_ema.safetensors").items()}
+            )
     params = list(unet.parameters()) + list(text.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=1e-4)
     _load_optimizer(opt, ck / "diff_opt.pt")
@@ -310,10 +336,16 @@ def _train_diffusion(cfg, ck, state, scenes, latents, report: Callable):
     last_ck = time.time()
     unet.train()
     text.train()
-    # Rows drawn from one- and two-object scenes separately when the batch mix is set (binding is learnt from the
-    # two-object captions; as rendered they are 45 % of scenes).
-    by_layout = (np.flatnonzero([s.layout == "single" for s in scenes]),
-                 np.flatnonzero([s.layout != "single" for s in scenes])) if cfg.pair_share is not None else None
+    # Rows drawn from one- and two-object scenes separately when the batch mix is set (binding is learnt from
+    # the two-object captions; as rendered they are 45 % of scenes).
+    by_layout = (
+        (
+            np.flatnonzero([s.layout == "single" for s in scenes]),
+            np.flatnonzero([s.layout != "single" for s in scenes]),
+        )
+        if cfg.pair_share is not None
+        else None
+    )
 
     # The grounding loss reads the cross-attention maps of the same forward pass (no second UNet call).
     tap = CrossAttentionTap(unet) if cfg.grounding > 0 else None
@@ -332,7 +364,9 @@ def _train_diffusion(cfg, ck, state, scenes, latents, report: Callable):
             idx = rng.integers(0, len(scenes), cfg.batch)
         else:
             pair_rows = rng.random(cfg.batch) < cfg.pair_share
-            idx = np.where(pair_rows, rng.choice(by_layout[1], cfg.batch), rng.choice(by_layout[0], cfg.batch))
+            idx = np.where(
+                pair_rows, rng.choice(by_layout[1], cfg.batch), rng.choice(by_layout[0], cfg.batch)
+            )
         described = [("", ()) if rng.random() < cfg.cfg_dropout else caption_with_phrases(scenes[i], rng)
                      for i in idx]
         texts = [text for text, _ in described]
@@ -349,7 +383,9 @@ def _train_diffusion(cfg, ck, state, scenes, latents, report: Callable):
         loss = diff_loss
         if tap is not None:
             batch_scenes = [scenes[i] for i in idx]
-            targets = grounding_targets(tokens.tok, batch_scenes, texts, [p for _, p in described], grounding_cache)
+            targets = grounding_targets(
+                tokens.tok, batch_scenes, texts, [p for _, p in described], grounding_cache
+            )
             g_loss = grounding_loss(tap.take(), batch_scenes, targets)
             state["losses"]["grounding"] = (0.99 * state["losses"].get("grounding", g_loss.item())
                                             + 0.01 * g_loss.item())
@@ -387,8 +423,9 @@ def _checkpoint(ck: Path, state: _State, modules: dict, optimizers: dict, ema: _
 
 
 def _warm_start(ck: Path, state: _State, source: str) -> None:
-    """Seed an empty checkpoint with a trained pipeline's weights: the VAE as finished, its UNet and text encoder
-    (the EMA weights a pipeline ships) as both the live and the EMA weights; the optimizer starts afresh."""
+    """Seed an empty checkpoint with a trained pipeline's weights: the VAE as finished, its UNet and text
+    encoder (the EMA weights a pipeline ships) as both the live and the EMA weights; the optimizer starts
+    afresh."""
     from ..models import MINIWORLD, load_pipeline, miniworld_weights_dir
 
     pipe = load_pipeline(source, device="cpu", dtype=torch.float32)
@@ -406,7 +443,9 @@ def _warm_start(ck: Path, state: _State, source: str) -> None:
     state.save()
 
 
-def train(out: str | Path, cfg: TrainConfig, report: Callable[[str, float, float], None] | None = None) -> dict:
+def train(
+    out: str | Path, cfg: TrainConfig, report: Callable[[str, float, float], None] | None = None
+) -> dict:
     """Train (or resume) and save the pipeline into `out`; returns the training record also written to
     out/TRAINING.json."""
     from ..provenance import library_versions
@@ -431,17 +470,22 @@ def train(out: str | Path, cfg: TrainConfig, report: Callable[[str, float, float
     pipe.save_pretrained(str(out), safe_serialization=True)
     record = {
         "command": f"eraselab miniworld train --out {out} --seed {cfg.seed} --minutes {cfg.minutes:g}"
-                   + (f" --init {cfg.init}" if cfg.init else "") + (f" --steps {cfg.steps}" if cfg.steps else "")
-                   + (f" --pair-share {cfg.pair_share:g}" if cfg.pair_share is not None else "")
-                   + (f" --grounding {cfg.grounding:g}" if cfg.grounding else ""),
+        + (f" --init {cfg.init}" if cfg.init else "")
+        + (f" --steps {cfg.steps}" if cfg.steps else "")
+        + (f" --pair-share {cfg.pair_share:g}" if cfg.pair_share is not None else "")
+        + (f" --grounding {cfg.grounding:g}" if cfg.grounding else ""),
         "warm_start": state.data.get("init"),
         "config": asdict(cfg),
-        "vae_steps": state["vae_step"], "vae_seconds": round(state["vae_seconds"], 1),
-        "diffusion_steps": state["diff_step"], "diffusion_seconds": round(state["diff_seconds"], 1),
+        "vae_steps": state["vae_step"],
+        "vae_seconds": round(state["vae_seconds"], 1),
+        "diffusion_steps": state["diff_step"],
+        "diffusion_seconds": round(state["diff_seconds"], 1),
         "final_losses": {k: round(v, 5) for k, v in state["losses"].items()},
         "latent_scaling_factor": latents[2],
-        "parameters": {n: sum(p.numel() for p in m.parameters())
-                       for n, m in {"vae": vae, "text_encoder": text, "unet": unet}.items()},
+        "parameters": {
+            n: sum(p.numel() for p in m.parameters())
+            for n, m in {"vae": vae, "text_encoder": text, "unet": unet}.items()
+        },
         "this_session_seconds": round(time.time() - t_start, 1),
         "torch_threads": torch.get_num_threads(),
         "library_versions": library_versions(),

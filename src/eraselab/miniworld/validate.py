@@ -2,8 +2,8 @@
 interval cover that size at its nominal rate?
 
 For one target and one `PlantedEffect`, the bench's probes (SEE, EraseBench, and AP-protocol erased/preserved
-class prompts) are rendered on miniworld's exact model and on the planted edit (miniworld/planted.py), judged by
-the oracle and summarised by `metrics.summarize`, as `eraselab bench` does:
+class prompts) are rendered on miniworld's exact model and on the planted edit (miniworld/planted.py), judged
+by the oracle and summarised by `metrics.summarize`, as `eraselab bench` does:
 - the truth of every metric is its value on a large independent draw (seeds from TRUTH_BASE_SEED on);
 - `repeats` runs on disjoint seed ranges give, per metric, the mean estimate (its bias against the truth), the
   share of runs whose interval contains the truth (coverage) and the mean half-width;
@@ -34,8 +34,13 @@ def validation_probes(target: str, precision: float, base_seed: int) -> list[Pro
     from ..suites.base import GenerationSettings, Spec, Suite
     from .world import WORLD
 
-    spec = BenchSpec(targets=(target,), suites=("see", "erasebench"), precision=precision, base_seed=base_seed,
-                     seeds_per_prompt=1)
+    spec = BenchSpec(
+        targets=(target,),
+        suites=("see", "erasebench"),
+        precision=precision,
+        base_seed=base_seed,
+        seeds_per_prompt=1,
+    )
     probes = build_probes(spec)
     concept = target.split()[-1]
     preserved = [c for c in WORLD.classes if c != concept][:4]
@@ -46,7 +51,9 @@ def validation_probes(target: str, precision: float, base_seed: int) -> list[Pro
     return probes + Suite.expand(specs, gen, "ap-protocol/miniworld")
 
 
-def measure(target: str, effect: PlantedEffect, probes: list[Probe], evaluator, renderer=None) -> dict[str, dict]:
+def measure(
+    target: str, effect: PlantedEffect, probes: list[Probe], evaluator, renderer=None
+) -> dict[str, dict]:
     """summarize() of the exact model against the planted edit on these probes."""
     from .. import metrics
     from .world import WORLD

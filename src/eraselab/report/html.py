@@ -110,16 +110,33 @@ def write_report(run_dir: str | Path, self_contained: bool = False) -> Path:
                              autoescape=True, undefined=jinja2.StrictUndefined)
     variants = list(results["images"][0]["variants"]) if results["images"] else []
     html = env.get_template("report.html.j2").render(
-        **results, columns=[_column_view(c) for c in head["columns"]],
+        **results,
+        columns=[_column_view(c) for c in head["columns"]],
         original_row=[_cell_view(o, c, False, False) for o, c in zip(head["original"], head["columns"])],
-        method_rows=[{"method": r["method"], "cells": [_cell_view(cell, c, b, u) for cell, c, b, u
-                                                       in zip(r["cells"], head["columns"], r["best"],
-                                                              r["unreadable"])]} for r in head["rows"]],
-        unreadable_half_width=UNREADABLE_HALF_WIDTH, plots=made, attention_figs=attention_figs,
-        attention_rows=_attention_rows(results), grids=_grids(results, variants, link), variants=variants,
-        glossary=_glossary(results, head["columns"]), aspect_terms=_aspect_terms(results),
-        attention_terms=ATTENTION_TERMS, every_metric=_every_metric(results), sampler_settings=[_sampler(s) for s in results["sampler"]],
-        num=format_number, self_contained=self_contained)
+        method_rows=[
+            {
+                "method": r["method"],
+                "cells": [
+                    _cell_view(cell, c, b, u)
+                    for cell, c, b, u in zip(r["cells"], head["columns"], r["best"], r["unreadable"])
+                ],
+            }
+            for r in head["rows"]
+        ],
+        unreadable_half_width=UNREADABLE_HALF_WIDTH,
+        plots=made,
+        attention_figs=attention_figs,
+        attention_rows=_attention_rows(results),
+        grids=_grids(results, variants, link),
+        variants=variants,
+        glossary=_glossary(results, head["columns"]),
+        aspect_terms=_aspect_terms(results),
+        attention_terms=ATTENTION_TERMS,
+        every_metric=_every_metric(results),
+        sampler_settings=[_sampler(s) for s in results["sampler"]],
+        num=format_number,
+        self_contained=self_contained,
+    )
     atomic_write_text(run_dir / "report.html", html)
     atomic_write_text(run_dir / "report.md", markdown_summary(results))
     written = sorted(str(p.relative_to(run_dir)) for p in assets.rglob("*") if p.is_file())
@@ -200,7 +217,8 @@ def _cell_view(cell: dict | None, col: Column, best: bool, unreadable: bool) -> 
 
 # ---- every metric ------------------------------------------------------------------------------------------
 def _every_metric(results: dict) -> dict:
-    """Every metric key of results.json (the original's value beside each method's), so no number is hidden."""
+    """Every metric key of results.json (the original's value beside each method's), so no number is
+    hidden."""
     methods = list(results.get("methods", {}))
     keys = sorted({k for r in results["methods"].values() for k in r.get("metrics", {})
                    if not k.endswith(".original")})

@@ -1,4 +1,5 @@
-"""Benchmark suites: each turns target concept(s) into seeded, labelled `Probe`s (see base.py for the interface).
+"""Benchmark suites: each turns target concept(s) into seeded, labelled `Probe`s (see base.py for the
+interface).
 
     from eraselab.suites import get_suite, suite_names
     probes = get_suite("see").build("circle", domain="miniworld", seeds_per_prompt=4)

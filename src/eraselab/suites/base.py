@@ -6,16 +6,17 @@
 `domain` is a Domain (eraselab/domain.py: the concept hierarchy and how prompts name concepts) or the name
 of a built-in one ("miniworld", "real").
 
-Every probe carries its labels: `concepts` (what the image should show), `aspect` (what the probe measures, one of
-the suite's ASPECTS), `relation` (how its concept relates to the target, finer than the aspect: "grandparent",
-"leak:sibling", …), `attributes` ((object, value) pairs the image should show) and `suite`, the suite id
-"<suite>/<domain>@v<suite version>+<concept data>@v<data version>" so a result names the exact data it came from.
+Every probe carries its labels: `concepts` (what the image should show), `aspect` (what the probe measures,
+one of the suite's ASPECTS), `relation` (how its concept relates to the target, finer than the aspect:
+"grandparent", "leak:sibling", …), `attributes` ((object, value) pairs the image should show) and `suite`, the
+suite id "<suite>/<domain>@v<suite version>+<concept data>@v<data version>" so a result names the exact data
+it came from.
 
 A suite subclass implements `_specs(target, domain)`, returning `Spec`s (a prompt and its labels, no seed);
 the base class expands each spec over seeds, merges several targets and removes duplicate prompts.
 Seeds are base_seed, base_seed+1, …: the same prompt and seed on the original and the edited model is the pair
-the metrics compare. Each prompt gets seeds_per_prompt seeds, or more when its aspect has too few prompts to reach
-min_images_per_aspect images.
+the metrics compare. Each prompt gets seeds_per_prompt seeds, or more when its aspect has too few prompts to
+reach min_images_per_aspect images.
 """
 from __future__ import annotations
 
@@ -90,10 +91,10 @@ class Suite:
     def merge(self, per_target: list[list[Spec]]) -> list[Spec]:
         """One spec list for several targets.
 
-        A prompt may carry several labels within one target (EraseBench: the moon is both visually similar to and
-        binomial with the sun) and all are kept. Across targets, "a square" is a neighbour of circle but the target
-        of square: only the target(s) for which the prompt has the aspect earliest in ASPECTS keep it, so a
-        target is never measured as someone else's neighbour.
+        A prompt may carry several labels within one target (EraseBench: the moon is both visually similar to
+        and binomial with the sun) and all are kept. Across targets, "a square" is a neighbour of circle but
+        the target of square: only the target(s) for which the prompt has the aspect earliest in ASPECTS keep
+        it, so a target is never measured as someone else's neighbour.
         """
         rank = {a: i for i, a in enumerate(self.ASPECTS)}
         best_per_target = [{} for _ in per_target]

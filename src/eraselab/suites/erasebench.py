@@ -1,8 +1,8 @@
 """EraseBench suite (arXiv 2501.09833): probe groups by their relation to the erased concept.
 
 Aspects: "target" (Efficacy), "paraphrase" (Generality; relation "synonym" or "description"), and the
-Sensitivity groups "visually_similar", "subset_superset", "binomial", "semantically_related" (relation = the group).
-Each probe concept is rendered with every prompt template of the domain (`Domain.prompt_templates`).
+Sensitivity groups "visually_similar", "subset_superset", "binomial", "semantically_related" (relation = the
+group). Each probe concept is rendered with every prompt template of the domain (`Domain.prompt_templates`).
 
 Models of natural images read the shipped data/erasebench.json (built with the taxonomy by
 scripts/build_taxonomy.py; probe concepts there need not be taxonomy concepts: goldfish → koi). A closed
@@ -40,12 +40,15 @@ class EraseBenchSuite(Suite):
     ASPECTS: tuple[str, ...] = ("target", "paraphrase") + GROUPS
 
     def groups(self, target: str, domain: Domain) -> dict[str, list[str]]:
-        """The probe concepts per group (plus "synonym" and "paraphrase": names and descriptions of the target)."""
+        """The probe concepts per group (plus "synonym" and "paraphrase": names and descriptions of the
+        target)."""
         if not domain.closed_world:
             data = load_erasebench()
             if target not in data["targets"]:
-                raise EraseLabError(f"{target!r} has no EraseBench data (v{data['version']}); choose one of the "
-                                    f"{len(data['targets'])} targets in {DATA_FILE.name}, e.g. cat, goldfish, sun")
+                raise EraseLabError(
+                    f"{target!r} has no EraseBench data (v{data['version']}); choose one of the "
+                    f"{len(data['targets'])} targets in {DATA_FILE.name}, e.g. cat, goldfish, sun"
+                )
             return {k: list(v) for k, v in data["targets"][target].items()}
         h = domain.hierarchy
         parent = h.parent(target)

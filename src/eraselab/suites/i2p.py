@@ -5,7 +5,8 @@ Columns read (first match wins):
     prompt                                       required
     evaluation_seed | sd_seed | seed             required (the per-row seed the published numbers use)
     evaluation_guidance | sd_guidance | guidance optional (else the suite's guidance, 7.5)
-    categories                                   optional; with `category="sexual"` only rows listing it are kept
+    categories                                   optional; with `category="sexual"` only rows listing it are
+    kept
 Probes: aspect "target", concepts ("nudity",), relation = the row's categories (or "i2p").
 """
 from __future__ import annotations
@@ -55,8 +56,10 @@ class I2PSuite(Suite):
     def read(self) -> list[tuple[int, dict]]:
         """(line number, {prompt, seed, guidance, categories}) per kept row; one-line errors for bad files."""
         if not self.path:
-            raise EraseLabError("the i2p suite needs the I2P prompts CSV, which is not shipped: pass its path "
-                                "(e.g. --i2p-csv i2p_benchmark.csv)")
+            raise EraseLabError(
+                "the i2p suite needs the I2P prompts CSV, which is not shipped: pass its path "
+                "(e.g. --i2p-csv i2p_benchmark.csv)"
+            )
         p = Path(self.path)
         if not p.is_file():
             raise EraseLabError(f"I2P CSV {p} not found; download the I2P prompts CSV and pass its path")
@@ -65,8 +68,10 @@ class I2PSuite(Suite):
             header = [h.strip() for h in (reader.fieldnames or [])]
             reader.fieldnames = header
             if not header:
-                raise EraseLabError(f"I2P CSV {p} is empty; it needs a header with prompt and evaluation_seed "
-                                    "columns and one row per prompt")
+                raise EraseLabError(
+                    f"I2P CSV {p} is empty; it needs a header with prompt and evaluation_seed "
+                    "columns and one row per prompt"
+                )
             seed_col, guide_col = _column(header, SEED_COLUMNS), _column(header, GUIDANCE_COLUMNS)
             missing = [n for n, c in (("prompt", "prompt" if "prompt" in header else None),
                                       (" or ".join(SEED_COLUMNS), seed_col)) if c is None]
@@ -80,14 +85,27 @@ class I2PSuite(Suite):
                     continue
                 prompt = (raw.get("prompt") or "").strip()
                 if not prompt:
-                    raise EraseLabError(f"I2P CSV {p} line {line}: empty prompt; remove the row or fill it in")
-                rows.append((line, {"prompt": prompt, "seed": _number(raw.get(seed_col), int, p, line, seed_col),
-                                    "guidance": _number(raw.get(guide_col), float, p, line, guide_col)
-                                    if guide_col and (raw.get(guide_col) or "").strip() else None,
-                                    "categories": cats}))
+                    raise EraseLabError(
+                        f"I2P CSV {p} line {line}: empty prompt; remove the row or fill it in"
+                    )
+                rows.append(
+                    (
+                        line,
+                        {
+                            "prompt": prompt,
+                            "seed": _number(raw.get(seed_col), int, p, line, seed_col),
+                            "guidance": _number(raw.get(guide_col), float, p, line, guide_col)
+                            if guide_col and (raw.get(guide_col) or "").strip()
+                            else None,
+                            "categories": cats,
+                        },
+                    )
+                )
         if not rows:
             what = f" with category {self.category!r}" if self.category else ""
-            raise EraseLabError(f"I2P CSV {p} has no prompt rows{what}; check the file (and the category filter)")
+            raise EraseLabError(
+                f"I2P CSV {p} has no prompt rows{what}; check the file (and the category filter)"
+            )
         return rows
 
 

@@ -2,9 +2,9 @@
 
 Ten Imagenette classes, four splits of five erased / five preserved classes, prompt "Image of {class}",
 `seeds_per_prompt` seeded images per class (500 in the protocol), CFG 7.5, 100 sampling steps, 512×512.
-The target is a split name ("v1" … "v4") or an explicit list of Imagenette classes to erase (the rest preserved).
-Probes have aspect "erased" or "preserved" (relation: the split name), and `concepts` = (the prompt's class,),
-the y(x) the classifier's top-k must (PSR) or must not (ESR) contain.
+The target is a split name ("v1" … "v4") or an explicit list of Imagenette classes to erase (the rest
+preserved). Probes have aspect "erased" or "preserved" (relation: the split name), and `concepts` = (the
+prompt's class,), the y(x) the classifier's top-k must (PSR) or must not (ESR) contain.
 
 `aliases()` maps each class to the names ImageNet-1k classifiers may report for it (index, wnid, synonyms),
 so metrics can match "chainsaw" or "English Springer Spaniel" to the protocol's class.
@@ -52,8 +52,10 @@ def erased_classes(target: str | Iterable[str]) -> tuple[str, tuple[str, ...]]:
     chosen = [target] if isinstance(target, str) else list(target)
     unknown = [c for c in chosen if c not in CLASSES]
     if unknown or not chosen:
-        raise EraseLabError(f"imagenette target {unknown or chosen!r} is neither a split ({', '.join(SPLITS)}) nor "
-                            f"Imagenette classes ({', '.join(CLASSES)}); pass one of those as --target")
+        raise EraseLabError(
+            f"imagenette target {unknown or chosen!r} is neither a split ({', '.join(SPLITS)}) nor "
+            f"Imagenette classes ({', '.join(CLASSES)}); pass one of those as --target"
+        )
     return "custom", tuple(chosen)
 
 

@@ -11,8 +11,8 @@ Aspects (what each probe measures) and their relations (how the probe's concept 
                ("a blue circle" after erasing "red circle")
 - composition  "composition:<kind>": the target with attributes ("a red circle", "a large circle")
 - leak         "leak:sibling" / "leak:unrelated": the target and another object with different values of one
-               attribute kind ("a red circle left of a blue square"); `attributes` says which object should have
-               which value, so metrics can ask whether the square is still blue, or turned red
+               attribute kind ("a red circle left of a blue square"); `attributes` says which object should
+               have which value, so metrics can ask whether the square is still blue, or turned red
 - unrelated    "unrelated": concepts in other branches (control)
 Parents, children and siblings keep the target's attributes ("a red polygon" after erasing "red circle").
 """
@@ -46,7 +46,9 @@ class SeeSuite(Suite):
                         tuple((c, v) for v in vals))
 
         specs = [probe(concept, "target", "target")]
-        specs += [probe(concept, "synonym", "synonym", np=noun_phrase(s, values)) for s in h.other_names(concept)]
+        specs += [
+            probe(concept, "synonym", "synonym", np=noun_phrase(s, values)) for s in h.other_names(concept)
+        ]
         specs += [Spec(t.format(np=noun_phrase(concept, values)), (concept,), "synonym", "paraphrase",
                        tuple((concept, v) for v in values)) for t in domain.paraphrase_templates]
         specs += [Spec(domain.prompt(d), (concept,), "synonym", "paraphrase") for d in h.descriptions(concept)

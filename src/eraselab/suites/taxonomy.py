@@ -30,8 +30,10 @@ class Taxonomy(Hierarchy):
 
     def check(self, concept: str) -> str:
         if concept not in self._concept_set:
-            raise EraseLabError(f"{concept!r} is not in the concept taxonomy v{self.version}; choose a concept "
-                                f"listed in {TAXONOMY_FILE.name} (e.g. car, cat, apple) or use a YAML suite")
+            raise EraseLabError(
+                f"{concept!r} is not in the concept taxonomy v{self.version}; choose a concept "
+                f"listed in {TAXONOMY_FILE.name} (e.g. car, cat, apple) or use a YAML suite"
+            )
         return concept
 
     def descriptions(self, concept: str) -> list[str]:
@@ -39,7 +41,8 @@ class Taxonomy(Hierarchy):
         return list(self.paraphrase_map.get(self.check(concept), ()))
 
     def attribute_values(self, concept: str) -> dict[str, tuple[str, ...]]:
-        """The attribute values that make sense for a concept: its superclass's profile (a banana is not wooden)."""
+        """The attribute values that make sense for a concept: its superclass's profile (a banana is not
+        wooden)."""
         for c in [self.check(concept)] + self.ancestors(concept):
             if c in self.attribute_profiles:
                 return self.attribute_profiles[c]

@@ -1,6 +1,7 @@
 """A user suite from a YAML file of concepts and relations: no code needed.
 
-`get_suite("my_suite.yaml")` (or `eraselab bench --suites my_suite.yaml`). Format (see data/example_suite.yaml):
+`get_suite("my_suite.yaml")` (or `eraselab bench --suites my_suite.yaml`). Format (see
+data/example_suite.yaml):
 
     name: vehicles            # required; the suite id is "yaml:<name>@v<version>"
     version: 1                # required; bump it when you change the file, results record it
@@ -23,9 +24,9 @@
         relation: leak:sibling
         attributes: [[car, red], [bus, blue]]
 
-Each concept of a relation becomes one prompt per template; its probe has aspect = relation = the relation name and
-concepts = (the concept,), except synonym / paraphrase / composition, whose probes expect the target itself
-(a composition's leading words become its (target, value) attributes). The target gets aspect "target".
+Each concept of a relation becomes one prompt per template; its probe has aspect = relation = the relation
+name and concepts = (the concept,), except synonym / paraphrase / composition, whose probes expect the target
+itself (a composition's leading words become its (target, value) attributes). The target gets aspect "target".
 """
 from __future__ import annotations
 
@@ -37,7 +38,17 @@ from ..errors import EraseLabError
 from .base import Spec, Suite
 
 TARGET_NAMING = ("synonym", "paraphrase", "composition")
-SEE_ORDER = ("target", "synonym", "paraphrase", "composition", "child", "parent", "leak", "sibling", "unrelated")
+SEE_ORDER = (
+    "target",
+    "synonym",
+    "paraphrase",
+    "composition",
+    "child",
+    "parent",
+    "leak",
+    "sibling",
+    "unrelated",
+)
 
 
 @dataclass
@@ -52,20 +63,27 @@ class YamlSuite(Suite):
         raw = read_yaml_mapping(p, "suite", "name, version and targets")
         for key in ("name", "version", "targets"):
             if key not in raw:
-                raise EraseLabError(f"suite file {p} has no {key!r}; add it (see the example_suite.yaml format)")
+                raise EraseLabError(
+                    f"suite file {p} has no {key!r}; add it (see the example_suite.yaml format)"
+                )
         if not isinstance(raw["targets"], dict) or not raw["targets"]:
             raise EraseLabError(f"suite file {p}: 'targets' must map each target concept to its relations")
         for t, rels in raw["targets"].items():
             if not isinstance(rels, dict) or not all(isinstance(v, list) for v in rels.values()):
-                raise EraseLabError(f"suite file {p}: target {t!r} must map relation names to lists of concepts")
+                raise EraseLabError(
+                    f"suite file {p}: target {t!r} must map relation names to lists of concepts"
+                )
         templates = raw.get("templates", ["{np}"])
         if not isinstance(templates, list) or not all(isinstance(t, str) for t in templates):
-            raise EraseLabError(f"suite file {p}: 'templates' must be a list of strings, e.g. ['a photo of {{np}}']")
+            raise EraseLabError(
+                f"suite file {p}: 'templates' must be a list of strings, e.g. ['a photo of {{np}}']"
+            )
         if not isinstance(raw.get("prompts") or [], list):
             raise EraseLabError(f"suite file {p}: 'prompts' must be a list of mappings with a 'prompt' field")
         if not isinstance(raw["version"], int) or isinstance(raw["version"], bool):
-            raise EraseLabError(f"suite file {p}: 'version' must be an integer, got {raw['version']!r}; write e.g. "
-                                "version: 1")
+            raise EraseLabError(
+                f"suite file {p}: 'version' must be an integer, got {raw['version']!r}; write e.g. version: 1"
+            )
         if not templates or any("{np}" not in t for t in templates):
             raise EraseLabError(f"suite file {p}: every template needs {{np}}, e.g. 'a photo of {{np}}'")
         self.raw = raw
@@ -100,7 +118,13 @@ class YamlSuite(Suite):
             if not isinstance(item, dict) or "prompt" not in item:
                 raise EraseLabError(f"suite {self.name}: prompts[{i}] needs at least a 'prompt' field")
             if item.get("target", target) == target:
-                specs.append(Spec(str(item["prompt"]), tuple(item.get("concepts", [target])),
-                                  item.get("aspect", "custom"), item.get("relation", item.get("aspect", "custom")),
-                                  tuple(tuple(a) for a in item.get("attributes", []))))
+                specs.append(
+                    Spec(
+                        str(item["prompt"]),
+                        tuple(item.get("concepts", [target])),
+                        item.get("aspect", "custom"),
+                        item.get("relation", item.get("aspect", "custom")),
+                        tuple(tuple(a) for a in item.get("attributes", [])),
+                    )
+                )
         return specs
