@@ -14,7 +14,7 @@ def method_rows() -> list[dict]:
     for name in method_names():
         cls = get_method(name)
         defaults = {f.name: getattr(cls.Config(), f.name) for f in dataclasses.fields(cls.Config)}
-        recipes = [{"name": r.name, "reference": r.reference.cite(), "summary": r.summary,
+        recipes = [{"name": r.name, "reference": r.cite(), "summary": r.summary,
                     "changes": dict(r.defaults)} for r in cls.Config.recipes]
         if recipes:
             defaults["recipe"] = recipes[0]["name"]
@@ -78,8 +78,10 @@ def register(app: typer.Typer) -> None:
                     print(f"  recipe {rec['name']}: {rec['summary']} ({rec['reference']})")
                 for k, text in r["help"].items():
                     print(f"  {k}: {text}")
-        print("Set with --config key=value; recipe=NAME picks a reference recipe; preset=auto picks miniworld for "
-              "the embedded model or a UNet under 50 M parameters.")
+        print(
+            "Set with --config key=value; recipe=NAME picks a reference recipe; preset=auto picks miniworld "
+            "for the embedded model or a UNet under 50 M parameters."
+        )
 
 
 def family_text(families: dict[str, str]) -> str:
@@ -97,8 +99,14 @@ def print_table(rows: list[dict]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table("method", "what it does", "recipes (reference code)", "defaults (SD 1.x)", "miniworld preset",
-                  show_lines=True)
+    table = Table(
+        "method",
+        "what it does",
+        "recipes (reference code)",
+        "defaults (SD 1.x)",
+        "miniworld preset",
+        show_lines=True,
+    )
     for r in rows:
         table.add_row(r["method"], r["description"], recipe_cell(r["recipes"]), settings_text(r["defaults"]),
                       settings_text(r["miniworld"]) or "same")

@@ -1,15 +1,16 @@
 """The Eraser interface, the erasure request, and typed method configs with validation, recipes and presets.
 
 Every method is one `Eraser` subclass with a `Config` dataclass whose field defaults are its default *recipe*:
-the settings of the official code that produced the published numbers, on Stable Diffusion 1.x. `Config.recipes`
-lists every recipe the method offers, each naming its reference (repository, commit, file) and the config values
-it changes from the field defaults; the chosen recipe is recorded in the config and in every Edit's provenance.
-eraselab's own improvements are config options that every reference recipe leaves off.
+the settings of the official code that produced the published numbers, on Stable Diffusion 1.x.
+`Config.recipes` lists every recipe the method offers, each naming its reference (repository, commit, file)
+and the config values it changes from the field defaults; the chosen recipe is recorded in the config and in
+every Edit's provenance. eraselab's own improvements are config options that every reference recipe leaves
+off.
 
-`Config.miniworld` lists the scale parameters (steps, learning rates, weights) the scaled-down "miniworld" preset
-changes on top of the recipe (the embedded model has 8×8 latents and a small text encoder, so it needs fewer
-steps). Preset "auto" picks "miniworld" for the embedded model or any UNet under 50 M parameters, else "sd".
-Precedence, lowest first: field defaults, recipe, preset, the user's own values.
+`Config.miniworld` lists the scale parameters (steps, learning rates, weights) the scaled-down "miniworld"
+preset changes on top of the recipe (the embedded model has 8×8 latents and a small text encoder, so it needs
+fewer steps). Preset "auto" picks "miniworld" for the embedded model or any UNet under 50 M parameters, else
+"sd". Precedence, lowest first: field defaults, recipe, preset, the user's own values.
 
 Model families (generation/family.py: "sd", "sdxl", "flux"): each Eraser declares the families it runs on, and
 each Recipe the families its reference code was written for; on a model, the default recipe is the method's
@@ -58,10 +59,16 @@ class Recipe:
     summary: str
     defaults: Mapping = field(default_factory=dict)
     families: tuple[str, ...] = ("sd",)  # the model families the reference code runs on
+    # False: no official code exists for this case; `reference` is the code eraselab's own port starts from.
+    official: bool = True
 
     def provenance(self) -> dict:
-        return {"name": self.name, "repository": self.reference.repository, "commit": self.reference.commit,
-                "file": self.reference.file, "summary": self.summary}
+        record = {"name": self.name, "repository": self.reference.repository, "commit": self.reference.commit,
+                  "file": self.reference.file, "summary": self.summary}
+        return record if self.official else {**record, "official": False}
+
+    def cite(self) -> str:
+        return self.reference.cite() if self.official else f"eraselab's own port of {self.reference.cite()}"
 
 
 @dataclass
@@ -87,7 +94,9 @@ class MethodConfig:
         model family); None for a method without recipes. A named recipe must suit `family` (when given)."""
         if not cls.recipes:
             if name:
-                raise EraseLabError(f"recipe {name!r} is unknown: this method has no recipes; drop the recipe key")
+                raise EraseLabError(
+                    f"recipe {name!r} is unknown: this method has no recipes; drop the recipe key"
+                )
             return None
         fitting = [r for r in cls.recipes if family is None or family in r.families]
         if not name:
@@ -99,7 +108,9 @@ class MethodConfig:
                     raise EraseLabError(f"recipe {name!r} reproduces code for {'/'.join(r.families)} models, "
                                         f"not {family}; choose {choices} (or drop the recipe key)")
                 return r
-        raise EraseLabError(f"unknown recipe {name!r}; choose one of {', '.join(r.name for r in cls.recipes)}")
+        raise EraseLabError(
+            f"unknown recipe {name!r}; choose one of {', '.join(r.name for r in cls.recipes)}"
+        )
 
     @property
     def recipe_info(self) -> Recipe | None:
@@ -121,13 +132,16 @@ class MethodConfig:
 
     @classmethod
     def build(cls, overrides: dict, pipe=None, method: str = "") -> MethodConfig:
-        """Validate user overrides (strings from the CLI are parsed) and apply the preset chosen for `pipe`."""
+        """Validate user overrides (strings from the CLI are parsed) and apply the preset chosen for
+        `pipe`."""
         types = cls.field_types()
         values = {}
         for key, raw in overrides.items():
             if key not in types:
-                raise EraseLabError(f"unknown config key {key!r} for method {method or cls.__name__}; valid keys: "
-                                    f"{', '.join(sorted(types))}")
+                raise EraseLabError(
+                    f"unknown config key {key!r} for method {method or cls.__name__}; valid keys: "
+                    f"{', '.join(sorted(types))}"
+                )
             values[key] = coerce(raw, types[key], key)
         preset = values.get("preset", "auto")
         if preset not in PRESETS:
@@ -135,9 +149,11 @@ class MethodConfig:
         if preset == "auto":
             preset = auto_preset(pipe) if pipe is not None else "sd"
         elif pipe is not None and preset != auto_preset(pipe):
-            warn_once(f"preset {preset} was tuned for {PRESET_MODELS[preset]}, not for this model (preset=auto "
-                      f"picks {auto_preset(pipe)} here); its steps and learning rates may do too little or too "
-                      "much")
+            warn_once(
+                f"preset {preset} was tuned for {PRESET_MODELS[preset]}, not for this model (preset=auto "
+                f"picks {auto_preset(pipe)} here); its steps and learning rates may do too little or too "
+                "much"
+            )
         recipe = cls.recipe_named(values.get("recipe", ""), model_family(pipe) if pipe is not None else None)
         merged = {**(recipe.defaults if recipe else {}), **(cls.miniworld if preset == "miniworld" else {}),
                   **values, "preset": preset, "recipe": recipe.name if recipe else ""}
@@ -229,7 +245,9 @@ def non_negative(config, *names: str) -> None:
 
 def one_of(config, name: str, choices) -> None:
     if getattr(config, name) not in choices:
-        raise EraseLabError(f"config {name} must be one of {', '.join(choices)}, not {getattr(config, name)!r}")
+        raise EraseLabError(
+            f"config {name} must be one of {', '.join(choices)}, not {getattr(config, name)!r}"
+        )
 
 
 @dataclass
@@ -264,8 +282,10 @@ class EraseRequest:
             raise EraseLabError("a preserved concept is empty; drop the empty --preserve")
         both = [t for t in targets if t.lower() in {p.lower() for p in preserve}]
         if both:
-            raise EraseLabError(f"{both[0]!r} is both a target and a preserved concept; pass it to only one of "
-                                "--target and --preserve")
+            raise EraseLabError(
+                f"{both[0]!r} is both a target and a preserved concept; pass it to only one of "
+                "--target and --preserve"
+            )
         return list(dict.fromkeys(targets)), list(dict.fromkeys(preserve))
 
 
