@@ -20,8 +20,10 @@ class BrightnessEvaluator(Evaluator):
     version = "1"
 
     def judge(self, images, probes):
-        return [{"labels": [p.concepts[0]] if p.concepts and np.asarray(im).mean() > 110 else [], "scores": {}}
-                for im, p in zip(images, probes)]
+        return [
+            {"labels": [p.concepts[0]] if p.concepts and np.asarray(im).mean() > 110 else [], "scores": {}}
+            for im, p in zip(images, probes)
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -149,8 +151,8 @@ def test_report_renders_in_headless_browser(bench_run, tmp_path):
 
 @pytest.mark.slow
 def test_two_identical_runs_with_every_method_have_equal_results_hashes(tiny_model_dir, tmp_path):
-    """Measured durations (erase seconds, AP's candidate-search seconds) stay out of the hash: two runs of the same
-    bench with every method, in two folders, agree."""
+    """Measured durations (erase seconds, AP's candidate-search seconds) stay out of the hash: two runs of the
+    same bench with every method, in two folders, agree."""
     from eraselab.methods import method_names
 
     words = tmp_path / "words.txt"
@@ -165,8 +167,13 @@ def test_two_identical_runs_with_every_method_have_equal_results_hashes(tiny_mod
               "spm": {"iterations": 2, "resolution": 16, "dynamic_resolution": False},
               "mace": {"steps": 2, "images": 2, "sample_steps": 2}, "receler": short}
     methods = tuple(method_names())
-    spec = _spec(tiny_model_dir, methods=methods, method_config={m: c for m, c in config.items() if m in methods},
-                 suites=("erasebench",), attention=False)
+    spec = _spec(
+        tiny_model_dir,
+        methods=methods,
+        method_config={m: c for m, c in config.items() if m in methods},
+        suites=("erasebench",),
+        attention=False,
+    )
     first = run_bench(spec, tmp_path / "a", say=lambda m: None, progress=False)
     second = run_bench(spec, tmp_path / "b", say=lambda m: None, progress=False)
     assert set(first["methods"]) == set(methods)

@@ -203,8 +203,14 @@ def test_bench_takes_a_user_domain_file(tmp_path):
 
     path = tmp_path / "vehicles.yaml"
     path.write_text(DOMAIN_YAML)
-    spec = BenchSpec(model="miniworld", methods=("uce",), targets=("car",), suites=("see",), seeds_per_prompt=1,
-                     domain_file=str(path))
+    spec = BenchSpec(
+        model="miniworld",
+        methods=("uce",),
+        targets=("car",),
+        suites=("see",),
+        seeds_per_prompt=1,
+        domain_file=str(path),
+    )
     assert spec.domain.name == "vehicles" and spec.user_domain().name == "vehicles"
     assert "a drawing of a taxi" in {p.prompt for p in build_probes(spec)}
     assert BenchSpec().user_domain() is None  # without a file, methods read the model's own domain

@@ -217,6 +217,7 @@ def test_cli_erase_esd_on_a_saved_flux_folder(flux_folder, method, tensors, tmp_
     assert code == 0, capsys.readouterr().err
     edit = Edit.load(out)
     assert edit.method == method and len(edit.tensors) == tensors and edit.config["recipe"] == "flux"
+    assert edit.extras["recipe"]["official"] is False  # the provenance says no official code exists
     pipe = load_pipeline(str(flux_folder), device="cpu")
     probe = Probe("a photo of a cat", seed=3, steps=2, guidance=3.5, height=16, width=16, concepts=("cat",))
     store = RunStore(tmp_path / "run")

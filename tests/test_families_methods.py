@@ -79,6 +79,7 @@ def test_methods_lists_the_support_matrix(capsys):
     # The Flux ESD is eraselab's own port, and the listing says so.
     assert "esd-x: ESD fine-tuning of all cross-attention parameters (styles, specific objects); on Flux " \
            "eraselab's own port, no official reference" in io.out
+    assert "recipe flux: eraselab's own port of rohitgandikota/erasing@25613d2:esd_sdxl.py" in io.out
     assert rows["negprompt"][1:] == ["diffusers", "–"] and rows["sld"][2] == "–"
     assert "runs on: SD 1.x/2.x (recipe paper), SDXL (recipe current), Flux (recipe flux)" in io.out
 

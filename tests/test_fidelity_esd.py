@@ -39,10 +39,12 @@ def encode(pipe, texts, dtype=torch.float32):
 
 
 def eps(unet, x, t, emb):
-    return unet(x, torch.full((x.shape[0],), int(t)), encoder_hidden_states=emb.expand(x.shape[0], -1, -1)).sample
+    return unet(
+        x, torch.full((x.shape[0],), int(t)), encoder_hidden_states=emb.expand(x.shape[0], -1, -1)
+    ).sample
 
 
-# ---- the CompVis code ---------------------------------------------------------------------------------------
+# ---- the CompVis code --------------------------------------------------------------------------------------
 def compvis_grid(steps, train_steps=1000):
     """ldm's uniform DDIM grid (+1 offset) and its a_t / a_prev (the first a_prev is ᾱ at index 0)."""
     return torch.arange(0, train_steps, train_steps // steps) + 1
@@ -78,7 +80,8 @@ def compvis_steps_run(steps, till):
 
 def compvis_names(unet, method):
     """train-esd.py's parameter choice, its CompVis names mapped onto diffusers': 'out.' is conv_norm_out /
-    conv_out, 'time_embed' is time_embedding; every other CompVis name keeps 'attn2' where diffusers has it."""
+    conv_out, 'time_embed' is time_embedding; every other CompVis name keeps 'attn2' where diffusers has
+    it."""
     chosen = []
     for name, _ in unet.named_parameters():
         compvis_out = name.startswith(("conv_norm_out.", "conv_out."))
@@ -90,7 +93,7 @@ def compvis_names(unet, method):
     return chosen
 
 
-# ---- esd_sd.py ----------------------------------------------------------------------------------------------
+# ---- esd_sd.py ---------------------------------------------------------------------------------------------
 def esd_sd_names(unet, method):
     """get_esd_trainable_parameters: parameters of Linear/Conv2d modules selected by module name."""
     names = []
@@ -106,7 +109,8 @@ def esd_sd_names(unet, method):
 
 @torch.no_grad()
 def esd_sd_rollout(unet, scheduler, steps, latents, cond, uncond, scale, run_till):
-    """esd_sd_call: timesteps[0:run_till] of the pipeline's scheduler, CFG on the raw output, scheduler.step."""
+    """esd_sd_call: timesteps[0:run_till] of the pipeline's scheduler, CFG on the raw output,
+    scheduler.step."""
     sched = type(scheduler).from_config(scheduler.config)
     sched.set_timesteps(steps)
     x = latents * sched.init_noise_sigma
@@ -123,7 +127,7 @@ def pndm(pipe):
     return PNDMScheduler.from_config(pipe.scheduler.config, skip_prk_steps=True)
 
 
-# ---- running eraselab ---------------------------------------------------------------------------------------
+# ---- running eraselab --------------------------------------------------------------------------------------
 def run_two_steps(pipe, method, monkeypatch, **values):
     """Two ESD iterations through eraselab.erase; what the second one saw and computed, and the Edit."""
     seen = []
@@ -197,20 +201,33 @@ def check_step(loss, grads, ref_loss, ref_grads):
 
 @pytest.mark.parametrize("method,config_cls,group,rule", [("esd-x", ESDConfig, "x", "xattn"),
                                                          ("esd-u", ESDUConfig, "u", "noxattn")])
-def test_compvis_recipe_step_matches_train_esd(tiny_pipe_factory, monkeypatch, method, config_cls, group, rule):
+def test_compvis_recipe_step_matches_train_esd(
+    tiny_pipe_factory, monkeypatch, method, config_cls, group, rule
+):
     pipe = tiny_pipe_factory(0, sd1_shapes=True)
     cfg, seen, loss, grads, _ = run_two_steps(pipe, method, monkeypatch)
     assert (cfg.recipe, cfg.timestep_pairing, cfg.rollout_model, cfg.train_dtype) == (
         "compvis", "compvis", "trained", "float32")
     stop, t = seen["draw"]
     # The rollout: CompVis's sampler with the trained model θ1, stopped by the t_enc whose bin holds t.
-    t_enc = next(k for k in range(STEPS) if compvis_timestep_bounds(k)[0] <= t < compvis_timestep_bounds(k)[1])
+    t_enc = next(
+        k for k in range(STEPS) if compvis_timestep_bounds(k)[0] <= t < compvis_timestep_bounds(k)[1]
+    )
     assert stop == compvis_steps_run(STEPS, t_enc)
     u, c = encode(pipe, ["", "circle"])
-    ref_loss, ref_grads, trained = reference_step(pipe, compvis_names(pipe.unet, rule), seen["theta"], seen["z"],
-                                                  t, cfg.negative_guidance, "compvis")
-    z_ref = compvis_sample_till(trained, pipe.scheduler.alphas_cumprod, STEPS, seen["noise"], c[None], u[None],
-                                cfg.rollout_guidance, t_enc)
+    ref_loss, ref_grads, trained = reference_step(
+        pipe, compvis_names(pipe.unet, rule), seen["theta"], seen["z"], t, cfg.negative_guidance, "compvis"
+    )
+    z_ref = compvis_sample_till(
+        trained,
+        pipe.scheduler.alphas_cumprod,
+        STEPS,
+        seen["noise"],
+        c[None],
+        u[None],
+        cfg.rollout_guidance,
+        t_enc,
+    )
     assert rel(seen["z"], z_ref) <= TOL, rel(seen["z"], z_ref)
     print(f"{method} compvis: stop {stop}, t {t}, latent max rel {rel(seen['z'], z_ref):.2e}")
     check_step(loss, grads, ref_loss, ref_grads)
@@ -286,13 +303,17 @@ def test_the_two_recipes_train_differently(tiny_pipe_factory):
     assert a.extras["loss_first"] != pytest.approx(b.extras["loss_first"], rel=1e-3)
 
 
-# ---- timestep pairing ---------------------------------------------------------------------------------------
+# ---- timestep pairing --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("steps", [50, 20])
 def test_compvis_pairing_matches_the_sampler_loop(steps):
     """Every t_enc: eraselab's stop equals the iterations of ddim.py's loop for till_T = t_enc, and its t
     ranges over exactly train-esd.py's [round(t_enc/S·1000), round((t_enc+1)/S·1000))."""
-    schedule = NoiseSchedule(torch.linspace(0.99, 0.01, 1000), torch.arange(steps - 1, -1, -1) * (1000 // steps) + 1,
-                             0.99, "epsilon")
+    schedule = NoiseSchedule(
+        torch.linspace(0.99, 0.01, 1000),
+        torch.arange(steps - 1, -1, -1) * (1000 // steps) + 1,
+        0.99,
+        "epsilon",
+    )
     g = torch.Generator().manual_seed(0)
     seen = {}
     for _ in range(40 * 1000):
@@ -313,8 +334,8 @@ def test_compvis_pairing_matches_the_sampler_loop(steps):
 
 
 def test_exact_pairing_matches_esd_sd(tiny_pipe_factory):
-    """random.randint(0, S−1) = run_till; the rollout runs timesteps[:run_till] and trains at timesteps[run_till],
-    for DDIM and for PNDM (whose list repeats a timestep)."""
+    """random.randint(0, S−1) = run_till; the rollout runs timesteps[:run_till] and trains at
+    timesteps[run_till], for DDIM and for PNDM (whose list repeats a timestep)."""
     pipe = tiny_pipe_factory(0, sd1_shapes=True)
     for sampler, scheduler in (("ddim", pipe.scheduler), ("pipeline", pndm(pipe))):
         holder = type("P", (), {"scheduler": scheduler})()
@@ -329,7 +350,7 @@ def test_exact_pairing_matches_esd_sd(tiny_pipe_factory):
     assert {rng.randint(0, 49) for _ in range(3000)} == set(range(50))  # the reference's draw, same support
 
 
-# ---- rollouts -----------------------------------------------------------------------------------------------
+# ---- rollouts ----------------------------------------------------------------------------------------------
 def test_ddim_rollout_matches_compvis_sampler_and_diffusers_ddim(tiny_pipe_factory):
     pipe = tiny_pipe_factory(0, sd1_shapes=True)
     u, c = encode(pipe, ["", "circle"])
@@ -338,8 +359,9 @@ def test_ddim_rollout_matches_compvis_sampler_and_diffusers_ddim(tiny_pipe_facto
     for t_enc in (0, 1, STEPS - 2):
         stop = min(STEPS + 1 - t_enc, STEPS)
         ours = esd_module.rollout(pipe.unet, schedule, noise, c, u, stop, 3.0)
-        ref = compvis_sample_till(pipe.unet, pipe.scheduler.alphas_cumprod, STEPS, noise, c[None], u[None], 3.0,
-                                  t_enc)
+        ref = compvis_sample_till(
+            pipe.unet, pipe.scheduler.alphas_cumprod, STEPS, noise, c[None], u[None], 3.0, t_enc
+        )
         assert rel(ours, ref) <= TOL, (t_enc, rel(ours, ref))
         print(f"t_enc {t_enc}: rollout max rel {rel(ours, ref):.2e} vs the CompVis sampler")
     for stop in (4,):  # diffusers' own DDIM step, η 0
@@ -349,7 +371,7 @@ def test_ddim_rollout_matches_compvis_sampler_and_diffusers_ddim(tiny_pipe_facto
         print(f"stop {stop}: rollout max rel {rel(ours, ref):.2e} vs DDIMScheduler.step")
 
 
-# ---- parameter groups ---------------------------------------------------------------------------------------
+# ---- parameter groups --------------------------------------------------------------------------------------
 def test_parameter_groups_match_the_references(tiny_pipe_factory):
     unet = tiny_pipe_factory(0, sd1_shapes=True).unet
     assert parameter_group(unet, "x") == compvis_names(unet, "xattn") == esd_sd_names(unet, "esd-x")

@@ -95,8 +95,8 @@ def test_stochastic_sampler_pixels_do_not_depend_on_batch(pipe, tmp_path):
 
 @pytest.mark.parametrize("sampler", ["ddim", "pndm", "euler", "euler_a", "dpm++", "ddpm", "lms"])
 def test_every_sampler_matches_the_diffusers_pipeline(pipe, tmp_path, sampler):
-    """Same latents, steps and CFG arithmetic as pipe(...); only the network-call batch shape differs, which may
-    move a channel value by one level on a few pixels."""
+    """Same latents, steps and CFG arithmetic as pipe(...); only the network-call batch shape differs, which
+    may move a channel value by one level on a few pixels."""
     from eraselab.samplers import make_scheduler
 
     probe = Probe("a photo of a cat", seed=5, steps=3, sampler=sampler, negative_prompt="dark")
@@ -173,7 +173,8 @@ def _edit(pipe, delta=0.3):
     with torch.no_grad():
         param.add_(delta)
     edit = edit_from_changes(pipe, before, "test", targets=["cat"])
-    with torch.no_grad():  # the exact original back (subtracting delta rounds: another model, another fingerprint)
+    with torch.no_grad():
+        # the exact original back (subtracting delta rounds: another model, another fingerprint)
         param.copy_(before["unet.down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight"])
     return edit, param
 
@@ -207,13 +208,15 @@ def test_edit_changes_pixels_and_is_reverted_even_on_error(tmp_path):
         edit.revert(pipe)
 
     with pytest.raises(RuntimeError, match="hook failed"):
-        generate(pipe, _probes(2, steps=3), RunStore(tmp_path / "b"), edit=edit, progress=False, hooks=[Boom()])
+        generate(
+            pipe, _probes(2, steps=3), RunStore(tmp_path / "b"), edit=edit, progress=False, hooks=[Boom()]
+        )
     assert torch.equal(param, original)
 
 
 def test_negative_prompt_guidance_hook_changes_output(pipe, tmp_path):
-    """An inference-time edit that puts 'cat' in the unconditional branch: the pixels change, and equal those of
-    plain CFG with negative_prompt='cat' (the hook and the probe field are the same arithmetic)."""
+    """An inference-time edit that puts 'cat' in the unconditional branch: the pixels change, and equal those
+    of plain CFG with negative_prompt='cat' (the hook and the probe field are the same arithmetic)."""
     from eraselab.models import fingerprint
 
     edit = Edit(tensors={}, method="negative_prompt", base_fingerprint=fingerprint(pipe),
@@ -222,17 +225,24 @@ def test_negative_prompt_guidance_hook_changes_output(pipe, tmp_path):
     store = RunStore(tmp_path)
     plain = _pngs(store, generate(pipe, probes, store, progress=False))
     hooked = images_for(store, generate(pipe, probes, store, edit=edit, progress=False))
-    explicit = images_for(store, generate(pipe, [Probe(p.prompt, seed=p.seed, steps=STEPS, negative_prompt="cat")
-                                                 for p in probes], store, progress=False))
+    explicit = images_for(
+        store,
+        generate(
+            pipe,
+            [Probe(p.prompt, seed=p.seed, steps=STEPS, negative_prompt="cat") for p in probes],
+            store,
+            progress=False,
+        ),
+    )
     assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(hooked, explicit))
     hooked_bytes = _pngs(store, image_keys(pipe, probes, edit=edit))
     assert all(a != b for a, b in zip(plain, hooked_bytes))
 
 
 def test_negative_prompt_equal_to_the_prompt_is_unguided_conditional_sampling(pipe, tmp_path):
-    """Why the negative prompt cannot erase a concept from its own prompt on a model whose conditional prediction
-    already draws it: ε(neg) + g·(ε(c) − ε(neg)) with neg = c is ε(c), i.e. sampling at guidance 1 — the same
-    pixels, whatever g is (tests/test_methods_effect.py measures that rate on miniworld)."""
+    """Why the negative prompt cannot erase a concept from its own prompt on a model whose conditional
+    prediction already draws it: ε(neg) + g·(ε(c) − ε(neg)) with neg = c is ε(c), i.e. sampling at guidance 1
+    — the same pixels, whatever g is (tests/test_methods_effect.py measures that rate on miniworld)."""
     import eraselab
 
     edit = eraselab.erase(pipe, "negprompt", ["a photo of a cat"], progress=False)
@@ -309,7 +319,7 @@ def test_absurd_guidance_is_an_error_not_black_images(pipe, tmp_path):
     assert store.image_count() == 0
 
 
-# ---- command line -------------------------------------------------------------------------------------------
+# ---- command line ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def saved_pipe(tmp_path_factory, pipe):
     folder = tmp_path_factory.mktemp("tiny_pipe")
@@ -340,8 +350,9 @@ def test_cli_writes_store_and_images_csv(saved_pipe, tmp_path, capsys):
     assert r.returncode == 0, r.stderr
     with open(out / "images.csv", newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    assert [(r_["prompt"], r_["seed"]) for r_ in rows] == [(p, s) for p in ("a cat", "a red car", "a blue house")
-                                                           for s in ("0", "1", "5")]
+    assert [(r_["prompt"], r_["seed"]) for r_ in rows] == [
+        (p, s) for p in ("a cat", "a red car", "a blue house") for s in ("0", "1", "5")
+    ]
     store = RunStore(out)
     assert all((out / r_["image"]).is_file() and store.verify_image(r_["image_key"]) for r_ in rows)
     assert rows[0]["negative_prompt"] == "blurry" and store.image_count() == 9
@@ -358,8 +369,21 @@ def pipe_of(folder):
 def test_a_second_generate_into_the_same_folder_keeps_the_first_rows(saved_pipe, tmp_path, capsys):
     out = tmp_path / "out"
     for prompt in ("a cat", "a dog"):
-        r = _cli("generate", "--model", saved_pipe, "--prompt", prompt, "--seeds", "0", "--steps", STEPS, "--out",
-                 out, "--no-progress", capsys=capsys)
+        r = _cli(
+            "generate",
+            "--model",
+            saved_pipe,
+            "--prompt",
+            prompt,
+            "--seeds",
+            "0",
+            "--steps",
+            STEPS,
+            "--out",
+            out,
+            "--no-progress",
+            capsys=capsys,
+        )
         assert r.returncode == 0, r.stderr
     with open(out / "images.csv", newline="", encoding="utf-8") as f:
         assert [r_["prompt"] for r_ in csv.DictReader(f)] == ["a cat", "a dog"]
@@ -397,8 +421,18 @@ def test_cli_rejects_bad_prompt_files_and_corrupted_edits(saved_pipe, tmp_path, 
     folder = edit.save(tmp_path / "edit")
     data = (folder / "edit.safetensors").read_bytes()
     (folder / "edit.safetensors").write_bytes(data[: len(data) // 2])
-    r = _cli("generate", "--model", saved_pipe, "--prompt", "a cat", "--edit", folder, "--out", tmp_path / "o",
-             capsys=capsys)
+    r = _cli(
+        "generate",
+        "--model",
+        saved_pipe,
+        "--prompt",
+        "a cat",
+        "--edit",
+        folder,
+        "--out",
+        tmp_path / "o",
+        capsys=capsys,
+    )
     assert r.returncode == 2 and "corrupted" in r.stderr and "Traceback" not in r.stderr
 
 
@@ -448,8 +482,8 @@ def test_cli_resumes_after_sigkill_with_nothing_lost_or_duplicated(saved_pipe, p
 
 
 def test_fit_lanes_make_a_few_images_cheaper_and_are_keyed_apart(pipe, tmp_path, unet_lane):
-    """Lane policy "fit": two images at CFG need 4 UNet rows, not a full lane; the lane is in the key, so fixed-
-    and fit-lane images never mix, and "fit" is deterministic for the same request."""
+    """Lane policy "fit": two images at CFG need 4 UNet rows, not a full lane; the lane is in the key, so
+    fixed- and fit-lane images never mix, and "fit" is deterministic for the same request."""
     from eraselab.generate import Guidance, lane_plan
 
     probes = _probes(2)

@@ -119,8 +119,8 @@ def test_bench_without_a_target_does_not_start(tmp_path, capsys, monkeypatch):
 
 @pytest.mark.parametrize("method", ["uce", "esd-x", "negprompt"])
 def test_erase_refuses_an_sdxl_style_pipeline_in_one_line(tiny_pipe, method):
-    """A pipeline that looks SDXL-style but lacks SDXL's parts is refused before any work by the methods that run
-    on SDXL (uce/esd-x crashed inside diffusers, negprompt wrote an edit that generate then refused)."""
+    """A pipeline that looks SDXL-style but lacks SDXL's parts is refused before any work by the methods that
+    run on SDXL (uce/esd-x crashed inside diffusers, negprompt wrote an edit that generate then refused)."""
     import eraselab
     from eraselab.errors import EraseLabError
 

@@ -75,7 +75,10 @@ class _NoWeights(SimpleNamespace):
 def test_negative_prompt_edit():
     pipe = _NoWeights(unet=None)
     edit = eraselab.erase(pipe, "negprompt", ["circle", "red star"])
-    assert edit.tensors == {} and edit.generation == {"kind": "negative_prompt", "negative_prompt": "circle, red star"}
+    assert edit.tensors == {} and edit.generation == {
+        "kind": "negative_prompt",
+        "negative_prompt": "circle, red star",
+    }
     assert guidance_for(edit.generation).negative_prompt("") == "circle, red star"
 
 
@@ -103,8 +106,18 @@ def test_ca_trains_cross_attention_kv_towards_an_anchor(tiny_pipe_factory):
     pipe = tiny_pipe_factory(0)
     with pytest.raises(EraseLabError, match="needs an anchor"):
         eraselab.erase(pipe, "ca", ["circle"], progress=False)
-    edit = eraselab.erase(pipe, "ca", ["circle"], anchor="shape", iterations=3, anchor_images=2, sample_steps=2,
-                          batch_size=2, lr=1e-4, progress=False)
+    edit = eraselab.erase(
+        pipe,
+        "ca",
+        ["circle"],
+        anchor="shape",
+        iterations=3,
+        anchor_images=2,
+        sample_steps=2,
+        batch_size=2,
+        lr=1e-4,
+        progress=False,
+    )
     assert edit.extras["anchor"] == "shape"
     assert edit.tensors and all(in_group(n.removeprefix("unet."), "x-strict") for n in edit.tensors)
     assert len(edit.extras["loss_curve"]) == 3
@@ -121,8 +134,23 @@ def saved_model(tmp_path_factory):
 
 def test_cli_writes_an_edit_and_refuses_to_overwrite(saved_model, tmp_path, capsys):
     out = tmp_path / "edit"
-    args = ["erase", "--model", str(saved_model), "--method", "uce", "--target", "circle", "--preserve", "star",
-            "--config", "lam=0.3", "--out", str(out), "--device", "cpu"]
+    args = [
+        "erase",
+        "--model",
+        str(saved_model),
+        "--method",
+        "uce",
+        "--target",
+        "circle",
+        "--preserve",
+        "star",
+        "--config",
+        "lam=0.3",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     edit = Edit.load(out)
     assert edit.method == "uce" and edit.config["lam"] == 0.3 and edit.preserved == ["star"]

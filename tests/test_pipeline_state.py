@@ -87,7 +87,8 @@ def test_an_in_place_change_without_an_edit_changes_the_fingerprint_and_the_keys
     changed = image_keys(tiny_pipe, PROBES)
     assert not set(changed) & set(keys)
     with torch.no_grad():
-        next(tiny_pipe.vae.parameters()).add_(1e-3)  # the VAE is not in the fingerprint but decides the pixels
+        # the VAE is not in the fingerprint but decides the pixels
+        next(tiny_pipe.vae.parameters()).add_(1e-3)
     assert fingerprint(tiny_pipe) == compute_fingerprint(tiny_pipe)
     assert not set(image_keys(tiny_pipe, PROBES)) & set(changed)
 

@@ -56,13 +56,15 @@ class BenchSpec:
     attention: bool = True
     domain_file: str | None = None  # a domain YAML (eraselab.domain.load_domain); None: the model's domain
     base_seed: int = 0  # seeds are base_seed, base_seed+1, …: another base draws disjoint images
-    # Target 95 % half-width of every rate, in percentage points: each aspect gets at least the images that give
-    # it whatever the rate (metrics.images_for_half_width; 10 pp → 93 images). None: DEFAULT_PRECISION when
-    # seeds_per_prompt is not given either, else seeds_per_prompt alone decides.
+    # Target 95 % half-width of every rate, in percentage points: each aspect gets at least the images that
+    # give it whatever the rate (metrics.images_for_half_width; 10 pp → 93 images). None: DEFAULT_PRECISION
+    # when seeds_per_prompt is not given either, else seeds_per_prompt alone decides.
     precision: float | None = None
 
     def effective_precision(self) -> float | None:
-        return DEFAULT_PRECISION if self.precision is None and self.seeds_per_prompt is None else self.precision
+        return (
+            DEFAULT_PRECISION if self.precision is None and self.seeds_per_prompt is None else self.precision
+        )
 
     def min_images_per_aspect(self) -> int:
         from .metrics import images_for_half_width
@@ -98,7 +100,7 @@ class BenchSpec:
 EVALUATOR_MODEL_OPTION = {"clip": "model", "vqa": "model", "imagenet": "classifier", "oracle": "weights"}
 
 
-# ---- validation (before anything heavy is loaded) -----------------------------------------------------------
+# ---- validation (before anything heavy is loaded) ----------------------------------------------------------
 def validate(spec: BenchSpec) -> None:
     from .evaluators import evaluator_names
     from .methods import build_request
@@ -115,34 +117,51 @@ def validate(spec: BenchSpec) -> None:
         raise EraseLabError("no suites given; pass e.g. --suites see,erasebench")
     unknown = set(spec.method_config) - set(spec.methods)
     if unknown:
-        raise EraseLabError(f"config given for method(s) not in --methods: {', '.join(sorted(unknown))}; add them "
-                            "to --methods or drop their --config")
+        raise EraseLabError(
+            f"config given for method(s) not in --methods: {', '.join(sorted(unknown))}; add them "
+            "to --methods or drop their --config"
+        )
     unknown = set(spec.suite_options) - set(spec.suites)
     if unknown:
-        raise EraseLabError(f"--suite-option given for suite(s) not in --suites: {', '.join(sorted(unknown))}; add "
-                            "them to --suites or drop their --suite-option")
+        raise EraseLabError(
+            f"--suite-option given for suite(s) not in --suites: {', '.join(sorted(unknown))}; add "
+            "them to --suites or drop their --suite-option"
+        )
     if not isinstance(spec.base_seed, int) or spec.base_seed < 0:
         raise EraseLabError(f"--base-seed must be a non-negative integer, got {spec.base_seed!r}")
     if spec.precision is not None and not 0 < spec.precision <= 50:
-        raise EraseLabError(f"--precision {spec.precision} is not a half-width in (0, 50] percentage points; pass "
-                            "e.g. --precision 10, or omit it and give --seeds-per-prompt")
+        raise EraseLabError(
+            f"--precision {spec.precision} is not a half-width in (0, 50] percentage points; pass "
+            "e.g. --precision 10, or omit it and give --seeds-per-prompt"
+        )
     if spec.batch_size is not None and spec.batch_size < 1:
-        raise EraseLabError(f"--batch-size must be a positive integer, got {spec.batch_size}; omit it to choose "
-                            "automatically")
+        raise EraseLabError(
+            f"--batch-size must be a positive integer, got {spec.batch_size}; omit it to choose automatically"
+        )
     for method in spec.methods:
-        eraser_cls, request = build_request(method, spec.targets, spec.preserve, pipe=None, domain=user_domain,
-                                            model=spec.model,
-                                            **spec.method_config.get(method, {}))
+        eraser_cls, request = build_request(
+            method,
+            spec.targets,
+            spec.preserve,
+            pipe=None,
+            domain=user_domain,
+            model=spec.model,
+            **spec.method_config.get(method, {}),
+        )
         eraser_cls.check_model(request, spec.model)
     for suite in spec.suites:
         get_suite(suite, **spec.suite_options.get(suite, {}))
     if spec.evaluator_name() not in evaluator_names():
-        raise EraseLabError(f"unknown evaluator {spec.evaluator!r}; choose one of {', '.join(evaluator_names())}")
+        raise EraseLabError(
+            f"unknown evaluator {spec.evaluator!r}; choose one of {', '.join(evaluator_names())}"
+        )
     model = spec.evaluator_model()
     if model is not None and (not model.strip() or spec.evaluator_name() not in EVALUATOR_MODEL_OPTION):
         takes = ", ".join(f"{n}:MODEL" for n in EVALUATOR_MODEL_OPTION)
-        raise EraseLabError(f"--evaluator {spec.evaluator!r}: name the weights after the colon, for an evaluator "
-                            f"that takes them ({takes}); e.g. clip:/models/clip-vit-large-patch14")
+        raise EraseLabError(
+            f"--evaluator {spec.evaluator!r}: name the weights after the colon, for an evaluator "
+            f"that takes them ({takes}); e.g. clip:/models/clip-vit-large-patch14"
+        )
 
 
 def build_probes(spec: BenchSpec) -> list:
@@ -164,14 +183,15 @@ def build_probes(spec: BenchSpec) -> list:
     return probes
 
 
-# ---- stages -------------------------------------------------------------------------------------------------
+# ---- stages ------------------------------------------------------------------------------------------------
 def make_edits(pipe, spec: BenchSpec, run_dir: Path, say, progress: bool = True) -> dict:
     domain = spec.user_domain()  # read once: a user's domain is a YAML file
     return {method: make_edit(pipe, spec, run_dir, method, domain, say, progress) for method in spec.methods}
 
 
 def make_edit(pipe, spec: BenchSpec, run_dir: Path, method: str, domain, say, progress: bool = True):
-    """`method`'s edit: the one cached in edits/<method>/ when its request matches, else a new erase (cached)."""
+    """`method`'s edit: the one cached in edits/<method>/ when its request matches, else a new erase
+    (cached)."""
     from .edit_cache import load_cached_edit, request_record, save_cached_edit
     from .methods import build_request, erase
     from .models import fingerprint
@@ -214,7 +234,8 @@ def prepare_images(pipe, spec: BenchSpec, run_dir: Path, probes: list, name: str
 
 
 def judge(evaluator, store, probes: list, keys: list[str], batch: int = 64) -> list[dict]:
-    """Judgment rows for `keys` (cached in the store by evaluator identity; only missing ones are computed)."""
+    """Judgment rows for `keys` (cached in the store by evaluator identity; only missing ones are
+    computed)."""
     from .generate import images_for
 
     ident, ident_hash = evaluator.identity(), evaluator.identity_hash()
@@ -264,16 +285,22 @@ def record_attention(pipe, spec: BenchSpec, probes: list, edit, path: Path) -> d
             tmp.replace(path)
         except OSError as exc:
             tmp.unlink(missing_ok=True)
-            raise EraseLabError(f"writing {path} failed: {exc.strerror}; free disk space or choose another --out "
-                                "folder (earlier results are intact)") from exc
+            raise EraseLabError(
+                f"writing {path} failed: {exc.strerror}; free disk space or choose another --out "
+                "folder (earlier results are intact)"
+            ) from exc
         maps = load_maps(path)
     per_word: dict = {}
     for p, k in zip(chosen, keys):
         for word, m in maps.get(k, {}).items():
             per_word.setdefault(word, {}).setdefault(p.aspect, []).append(attention_metrics(m))
-    return {"file": str(path.relative_to(path.parent.parent)),
-            "maps": [{"prompt": p.prompt, "seed": p.seed, "aspect": p.aspect, "key": k} for p, k in zip(chosen, keys)],
-            "metrics": {w: {a: _mean_dicts(ms) for a, ms in by.items()} for w, by in per_word.items()}}
+    return {
+        "file": str(path.relative_to(path.parent.parent)),
+        "maps": [
+            {"prompt": p.prompt, "seed": p.seed, "aspect": p.aspect, "key": k} for p, k in zip(chosen, keys)
+        ],
+        "metrics": {w: {a: _mean_dicts(ms) for a, ms in by.items()} for w, by in per_word.items()},
+    }
 
 
 def _current_maps(path: Path, load_maps) -> dict | None:
@@ -338,7 +365,9 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
             say(f"judging {name} with {evaluator.name}")
             rows[name] = judge(evaluator, store, probes, keys[name])
         features = _features(evaluator, store, keys) if hasattr(evaluator, "features") else {}
-        image_paths = {n: [str(store.image_path(k).relative_to(run_dir)) for k in ks] for n, ks in keys.items()}
+        image_paths = {
+            n: [str(store.image_path(k).relative_to(run_dir)) for k in ks] for n, ks in keys.items()
+        }
 
     hierarchy, aliases = _concept_data(spec)
     original_table = list(zip(probes, rows[ORIGINAL]))
@@ -348,9 +377,15 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     for name, edit in edits.items():
         feats = (features[ORIGINAL], features[name]) if features else None
         edited_table = list(zip(probes, rows[name]))
-        inputs = {"original": original_hash, "edited": table_hash(edited_table), "targets": list(spec.targets),
-                  "hierarchy": domain_tag, "aliases": aliases, "erasebench_k": erasebench_k,
-                  "features": features_hash(feats)}
+        inputs = {
+            "original": original_hash,
+            "edited": table_hash(edited_table),
+            "targets": list(spec.targets),
+            "hierarchy": domain_tag,
+            "aliases": aliases,
+            "erasebench_k": erasebench_k,
+            "features": features_hash(feats),
+        }
         m = cached_summary(run_dir / "metrics", inputs, lambda: metrics.summarize(
             original_table, edited_table, list(spec.targets), hierarchy=hierarchy, aliases=aliases,
             erasebench_k=erasebench_k, features=feats))
@@ -468,13 +503,21 @@ def _small_extras(extras: dict) -> dict:
 
 def _image_table(probes, rows: dict, paths: dict, rec, targets) -> list[dict]:
     """One record per probe: its labels and, per variant, the image path and the evaluator's verdicts (the
-    probe's own concept seen; the erased target seen, which the report's good/bad colours of erasure probes need)."""
+    probe's own concept seen; the erased target seen, which the report's good/bad colours of erasure probes
+    need)."""
     from .metrics import shows_own, shows_target
 
     table = []
     for i, p in enumerate(probes):
-        entry = {"suite": p.suite, "aspect": p.aspect, "relation": p.relation, "prompt": p.prompt, "seed": p.seed,
-                 "concepts": list(p.concepts), "variants": {}}
+        entry = {
+            "suite": p.suite,
+            "aspect": p.aspect,
+            "relation": p.relation,
+            "prompt": p.prompt,
+            "seed": p.seed,
+            "concepts": list(p.concepts),
+            "variants": {},
+        }
         for name in rows:
             row = rows[name][i]
             entry["variants"][name] = {"image": paths[name][i], "labels": list(row.get("labels", []))[:5],
@@ -489,10 +532,21 @@ def _write_outputs(run_dir: Path, results: dict) -> None:
     metric_rows = [{"method": m, "metric": k, **{f: v.get(f) for f in ("value", "low", "high", "n")}}
                    for m, r in results["methods"].items() for k, v in sorted(r["metrics"].items())]
     _write_csv(run_dir / "tables" / "metrics.csv", metric_rows)
-    image_rows = [{"suite": e["suite"], "aspect": e["aspect"], "relation": e["relation"], "prompt": e["prompt"],
-                   "seed": e["seed"], "variant": v, "image": d["image"], "labels": " | ".join(d["labels"]),
-                   "shows_concept": d["shows_concept"]}
-                  for e in results["images"] for v, d in e["variants"].items()]
+    image_rows = [
+        {
+            "suite": e["suite"],
+            "aspect": e["aspect"],
+            "relation": e["relation"],
+            "prompt": e["prompt"],
+            "seed": e["seed"],
+            "variant": v,
+            "image": d["image"],
+            "labels": " | ".join(d["labels"]),
+            "shows_concept": d["shows_concept"],
+        }
+        for e in results["images"]
+        for v, d in e["variants"].items()
+    ]
     _write_csv(run_dir / "tables" / "images.csv", image_rows)
     atomic_write_text(run_dir / "results.json", json.dumps(results, indent=1, default=str))
 
@@ -513,4 +567,6 @@ def _check_writable(run_dir: Path) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise EraseLabError(f"cannot write to {run_dir} ({exc.strerror}); choose a writable --out folder") from exc
+        raise EraseLabError(
+            f"cannot write to {run_dir} ({exc.strerror}); choose a writable --out folder"
+        ) from exc

@@ -85,9 +85,11 @@ class ModuleSpec:
                 raise EraseLabError(f"{where}: an added module's {key!r} must be a non-empty string, got "
                                     f"{value!r}; re-run `eraselab erase` to rebuild the edit")
         if self.kind not in MODULE_KINDS:
-            raise EraseLabError(f"{where}: added module {self.name!r} has kind {self.kind!r}, which this "
-                                f"eraselab does not know (known: {', '.join(MODULE_KINDS.names())}); use the eraselab "
-                                "that wrote the edit")
+            raise EraseLabError(
+                f"{where}: added module {self.name!r} has kind {self.kind!r}, which this "
+                f"eraselab does not know (known: {', '.join(MODULE_KINDS.names())}); use the eraselab "
+                "that wrote the edit"
+            )
         if self.hook not in HOOKS:
             raise EraseLabError(f"{where}: added module {self.name!r} has hook {self.hook!r}; use one of "
                                 f"{', '.join(HOOKS)}")
@@ -271,9 +273,11 @@ def bake(pipe, modules: Sequence[AddedModule], method: str) -> dict[str, torch.T
     a weight changes (a nonlinear eraser has no weight-space equivalent)."""
     for m in modules:
         if not hasattr(MODULE_KINDS.get(m.spec.kind), "merged_weights"):
-            raise EraseLabError(f"this {method} edit adds {m.spec.kind} modules, which a plain diffusers "
-                                "folder cannot hold; save the edit (`eraselab erase --out`) and use it through "
-                                "eraselab (Edit.load(folder).apply(pipe)) instead of exporting")
+            raise EraseLabError(
+                f"this {method} edit adds {m.spec.kind} modules, which a plain diffusers "
+                "folder cannot hold; save the edit (`eraselab erase --out`) and use it through "
+                "eraselab (Edit.load(folder).apply(pipe)) instead of exporting"
+            )
     originals: dict[str, torch.Tensor] = {}
     with torch.no_grad():
         for m in modules:

@@ -56,7 +56,7 @@ class Edit:
     def __post_init__(self):
         check_unique(self.modules)
 
-    # ---- identity -------------------------------------------------------------------------------------------
+    # ---- identity ------------------------------------------------------------------------------------------
     def content_hash(self) -> str:
         """Identifies what the edit does to generation: tensors and the generation hook (not timings)."""
         parts = [stable_json({"generation": self.generation, "base": self.base_fingerprint})]
@@ -72,18 +72,30 @@ class Edit:
         return sha256_hex(*parts)[:16]
 
     def metadata(self) -> dict:
-        return {"format_version": FORMAT_VERSION, "method": self.method, "config": self.config,
-                "targets": self.targets, "preserved": self.preserved, "base_fingerprint": self.base_fingerprint,
-                "seconds": self.seconds, "generation": self.generation, "extras": self.extras,
-                "versions": self.versions, "parameters": sorted(self.tensors),
-                "modules": [m.spec.as_dict() for m in self.modules], "edit_hash": self.content_hash()}
+        return {
+            "format_version": FORMAT_VERSION,
+            "method": self.method,
+            "config": self.config,
+            "targets": self.targets,
+            "preserved": self.preserved,
+            "base_fingerprint": self.base_fingerprint,
+            "seconds": self.seconds,
+            "generation": self.generation,
+            "extras": self.extras,
+            "versions": self.versions,
+            "parameters": sorted(self.tensors),
+            "modules": [m.spec.as_dict() for m in self.modules],
+            "edit_hash": self.content_hash(),
+        }
 
-    # ---- pipeline -------------------------------------------------------------------------------------------
+    # ---- pipeline ------------------------------------------------------------------------------------------
     def check_base(self, pipe) -> None:
         fp = fingerprint(pipe)
         if fp != self.base_fingerprint:
-            raise EraseLabError(f"this {self.method} edit was made for model {self.base_fingerprint}, but the loaded "
-                                f"model is {fp}; load the model the edit was made from")
+            raise EraseLabError(
+                f"this {self.method} edit was made for model {self.base_fingerprint}, but the loaded "
+                f"model is {fp}; load the model the edit was made from"
+            )
 
     def apply(self, pipe) -> None:
         """Write the edited parameters into `pipe` in place and hook in the added modules, keeping what
@@ -95,8 +107,10 @@ class Edit:
         params = named_parameters(pipe)
         missing = [n for n in self.tensors if n not in params]
         if missing:
-            raise EraseLabError(f"edit changes parameter {missing[0]} which the model does not have; the edit "
-                                "belongs to another architecture, load the model it was made from")
+            raise EraseLabError(
+                f"edit changes parameter {missing[0]} which the model does not have; the edit "
+                "belongs to another architecture, load the model it was made from"
+            )
         for name, new in self.tensors.items():  # all checked before any is written
             if tuple(params[name].shape) != tuple(new.shape):
                 raise EraseLabError(f"edit tensor {name} has shape {tuple(new.shape)} but the model's is "
@@ -126,7 +140,7 @@ class Edit:
         confirm_written_back(pipe, state.edit_originals)
         state.applied_edit, state.edit_originals = None, {}
 
-    # ---- disk -----------------------------------------------------------------------------------------------
+    # ---- disk ----------------------------------------------------------------------------------------------
     def save(self, out_dir: str | Path) -> Path:
         from safetensors.torch import save
 
@@ -145,15 +159,21 @@ class Edit:
         folder = Path(folder)
         meta_path, tensor_path = folder / EDIT_META, folder / EDIT_TENSORS
         if not meta_path.exists() or not tensor_path.exists():
-            raise EraseLabError(f"{folder} is not an edit folder (needs {EDIT_META} and {EDIT_TENSORS}); pass the "
-                                "--out folder of `eraselab erase`")
+            raise EraseLabError(
+                f"{folder} is not an edit folder (needs {EDIT_META} and {EDIT_TENSORS}); pass the "
+                "--out folder of `eraselab erase`"
+            )
         try:
             meta = json.loads(meta_path.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise EraseLabError(f"{meta_path} is not valid JSON; re-run `eraselab erase` to rebuild it") from exc
+            raise EraseLabError(
+                f"{meta_path} is not valid JSON; re-run `eraselab erase` to rebuild it"
+            ) from exc
         if not isinstance(meta, dict):
-            raise EraseLabError(f"{meta_path} is not an edit description (a JSON object); re-run `eraselab erase` to "
-                                "rebuild it")
+            raise EraseLabError(
+                f"{meta_path} is not an edit description (a JSON object); re-run `eraselab erase` to "
+                "rebuild it"
+            )
         check_metadata(meta, meta_path)
         try:
             tensors = load(tensor_path.read_bytes())
@@ -162,7 +182,9 @@ class Edit:
                                 "erase` to rebuild it") from exc
         for name, t in tensors.items():
             if t.is_floating_point() and not torch.isfinite(t).all():
-                raise EraseLabError(f"{tensor_path} holds non-finite values in {name}; re-run `eraselab erase`")
+                raise EraseLabError(
+                    f"{tensor_path} holds non-finite values in {name}; re-run `eraselab erase`"
+                )
         specs = [ModuleSpec.from_dict(d, str(meta_path)) for d in meta.get("modules") or []]
         modules = split_module_tensors(specs, tensors, str(tensor_path))
         try:
@@ -173,7 +195,11 @@ class Edit:
                        generation=meta.get("generation") or {}, extras=meta.get("extras") or {},
                        versions=meta.get("versions") or {})
         except (KeyError, TypeError, ValueError) as exc:
-            what = f"lacks field {exc}" if isinstance(exc, KeyError) else f"has a field of the wrong type ({exc})"
+            what = (
+                f"lacks field {exc}"
+                if isinstance(exc, KeyError)
+                else f"has a field of the wrong type ({exc})"
+            )
             raise EraseLabError(f"{meta_path} {what}; re-run `eraselab erase` to rebuild it") from exc
         recorded = meta.get("edit_hash")
         if recorded is not None and recorded != edit.content_hash():
@@ -205,9 +231,20 @@ class Edit:
 
 
 # Each field of edit.json and the JSON type it must have (bool excluded from numbers).
-_FIELD_TYPES = {"format_version": int, "method": str, "base_fingerprint": str, "config": dict, "targets": list,
-                "preserved": list, "seconds": (int, float), "generation": dict, "extras": dict, "versions": dict,
-                "modules": list, "edit_hash": str}
+_FIELD_TYPES = {
+    "format_version": int,
+    "method": str,
+    "base_fingerprint": str,
+    "config": dict,
+    "targets": list,
+    "preserved": list,
+    "seconds": (int, float),
+    "generation": dict,
+    "extras": dict,
+    "versions": dict,
+    "modules": list,
+    "edit_hash": str,
+}
 _REQUIRED = ("format_version", "method", "base_fingerprint")
 
 
@@ -218,19 +255,25 @@ def check_metadata(meta: dict, meta_path: Path) -> None:
             raise EraseLabError(f"{meta_path} lacks field {key!r}; re-run `eraselab erase` to rebuild it")
     version = meta["format_version"]
     if isinstance(version, bool) or not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise EraseLabError(f"{meta_path} has edit format version {version!r}, but this eraselab reads version "
-                            f"{FORMAT_VERSION}; use the eraselab that wrote it or re-run `eraselab erase`")
+        raise EraseLabError(
+            f"{meta_path} has edit format version {version!r}, but this eraselab reads version "
+            f"{FORMAT_VERSION}; use the eraselab that wrote it or re-run `eraselab erase`"
+        )
     for key, kind in _FIELD_TYPES.items():
         value = meta.get(key)
         if value is None and key not in _REQUIRED:
             continue
         if isinstance(value, bool) or not isinstance(value, kind):
             names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-            raise EraseLabError(f"{meta_path} field {key!r} must be {names}, not {type(value).__name__}; re-run "
-                                "`eraselab erase` to rebuild it")
+            raise EraseLabError(
+                f"{meta_path} field {key!r} must be {names}, not {type(value).__name__}; re-run "
+                "`eraselab erase` to rebuild it"
+            )
     for key in ("targets", "preserved"):
         if not all(isinstance(c, str) for c in meta.get(key) or []):
-            raise EraseLabError(f"{meta_path} field {key!r} must list strings; re-run `eraselab erase` to rebuild it")
+            raise EraseLabError(
+                f"{meta_path} field {key!r} must list strings; re-run `eraselab erase` to rebuild it"
+            )
 
 
 def named_parameters(pipe) -> dict[str, torch.nn.Parameter]:
@@ -259,8 +302,10 @@ def edit_from_changes(pipe, before: dict[str, torch.Tensor], method: str, **meta
                if not torch.equal(params[n].detach().cpu(), old)}
     for n, t in changed.items():
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-            raise EraseLabError(f"the {method} edit produced non-finite values in {n}; lower the learning rate or "
-                                "the erase scale")
+            raise EraseLabError(
+                f"the {method} edit produced non-finite values in {n}; lower the learning rate or "
+                "the erase scale"
+            )
     base = before.fingerprint if isinstance(before, Snapshot) else fingerprint(pipe)
     edit = Edit(tensors=changed, method=method, base_fingerprint=base, **meta)
     if isinstance(before, Snapshot):

@@ -56,10 +56,30 @@ from .provenance import sha256_hex, stable_json
 from .store import RunStore, producer_info
 from .threads import rebalance_threads
 
-__all__ = ["LANE_POLICIES", "TEXT_LANE", "UNET_LANE_LIMITS", "UNET_LANE_PIXELS", "VAE_LANE_LIMITS",
-           "VAE_LANE_PIXELS", "GenerationHook", "Guidance", "Lanes", "auto_batch_size",
-           "check_generation_family", "check_supported", "default_image_size", "distributed_state", "generate",
-           "image_keys", "images_for", "lane_plan", "lanes", "numerics", "resolve_shard", "resolved_size"]
+__all__ = [
+    "LANE_POLICIES",
+    "TEXT_LANE",
+    "UNET_LANE_LIMITS",
+    "UNET_LANE_PIXELS",
+    "VAE_LANE_LIMITS",
+    "VAE_LANE_PIXELS",
+    "GenerationHook",
+    "Guidance",
+    "Lanes",
+    "auto_batch_size",
+    "check_generation_family",
+    "check_supported",
+    "default_image_size",
+    "distributed_state",
+    "generate",
+    "image_keys",
+    "images_for",
+    "lane_plan",
+    "lanes",
+    "numerics",
+    "resolve_shard",
+    "resolved_size",
+]
 
 
 @dataclass
@@ -170,10 +190,11 @@ def _generate_missing(pipe, work: _Batch, store: RunStore, edit_to_apply, guidan
                         hook.on_batch_start(pipe, batch.probes)
                 images = _denoise(pipe, batch.probes, guidance, texts, hooks,
                                   make_key.lanes(*resolved_size(pipe, batch.probes[0])))
+                batch_numerics = numerics(pipe)  # hashes checked per call: once per batch, not per image
                 entries = [{"key": k, "png": png_bytes(img, k, p, model, edit_hash), "probe": p,
                             "model_fingerprint": model, "edit_hash": edit_hash, "producer": producer,
                             "config": {"sampler": json.loads(make_key.sampler(p.sampler)),
-                                       "size": list(resolved_size(pipe, p)), "numerics": numerics(pipe),
+                                       "size": list(resolved_size(pipe, p)), "numerics": batch_numerics,
                                        "lanes": asdict(make_key.lanes(*resolved_size(pipe, p))),
                                        "generation": p.generation_fields()}}
                            for k, p, img in zip(batch.keys, batch.probes, images)]

@@ -86,17 +86,21 @@ def resolve_model(model: str) -> tuple[str, Path | None]:
         return "folder", path
     if path.is_dir():
         if not (path / "model_index.json").exists():
-            raise EraseLabError(f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder "
-                                "written by save_pretrained, or a hub id")
+            raise EraseLabError(
+                f"{path} is not a diffusers pipeline folder (no model_index.json); pass a folder "
+                "written by save_pretrained, or a hub id"
+            )
         return "folder", path
     if path.suffix in SINGLE_FILE_SUFFIXES:
         if not path.exists():
             raise EraseLabError(f"model file {path} does not exist; pass an existing file or folder")
         return "file", path
     if path.exists():
-        raise EraseLabError(f"{path} is neither a diffusers folder nor a checkpoint file "
-                            f"({', '.join(SINGLE_FILE_SUFFIXES)}); pass a folder written by save_pretrained, a "
-                            ".safetensors checkpoint or a hub id")
+        raise EraseLabError(
+            f"{path} is neither a diffusers folder nor a checkpoint file "
+            f"({', '.join(SINGLE_FILE_SUFFIXES)}); pass a folder written by save_pretrained, a "
+            ".safetensors checkpoint or a hub id"
+        )
     if looks_like_hub_id(model):
         return "hub", None
     raise EraseLabError(f"model {model!r} does not exist; pass --model miniworld, a diffusers folder or a "
@@ -104,8 +108,8 @@ def resolve_model(model: str) -> tuple[str, Path | None]:
 
 
 def _follow_hub_progress_setting() -> None:
-    """diffusers' "Loading pipeline components" bar ignores huggingface_hub's switch (transformers' follows it):
-    turn it off too when the hub's bars are off (the CLI switches them off)."""
+    """diffusers' "Loading pipeline components" bar ignores huggingface_hub's switch (transformers' follows
+    it): turn it off too when the hub's bars are off (the CLI switches them off)."""
     from diffusers.utils import logging as diffusers_logging
     from huggingface_hub.utils import are_progress_bars_disabled
 
@@ -121,9 +125,11 @@ def _check_tokenizer(pipe, model: str) -> None:
     if tokenizer is None or not limit:
         return
     if not 0 < int(tokenizer.model_max_length) <= int(limit):
-        raise EraseLabError(f"the tokenizer of {model} is missing or incomplete (max length "
-                            f"{tokenizer.model_max_length}, the text encoder has {limit} positions); restore its "
-                            "tokenizer folder")
+        raise EraseLabError(
+            f"the tokenizer of {model} is missing or incomplete (max length "
+            f"{tokenizer.model_max_length}, the text encoder has {limit} positions); restore its "
+            "tokenizer folder"
+        )
 
 
 def _first_line(exc: Exception) -> str:
@@ -131,8 +137,8 @@ def _first_line(exc: Exception) -> str:
 
 
 def pick_device(device: str | torch.device | None = None) -> str | torch.device:
-    """The device to run on: None or "auto" → the GPU when PyTorch sees one, else CPU; anything else is returned
-    as given (load_pipeline / the evaluators check it and name a wrong one in a one-line error)."""
+    """The device to run on: None or "auto" → the GPU when PyTorch sees one, else CPU; anything else is
+    returned as given (load_pipeline / the evaluators check it and name a wrong one in a one-line error)."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return device
@@ -171,8 +177,8 @@ def _model_index(path: Path) -> dict | None:
 
 @contextmanager
 def _quiet_loading():
-    """No diffusers/transformers loading bars: eraselab shows its own progress, and a failed load should end in
-    one error line, not in half-drawn bars."""
+    """No diffusers/transformers loading bars: eraselab shows its own progress, and a failed load should end
+    in one error line, not in half-drawn bars."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -195,7 +201,8 @@ def _from_folder(path: Path):
         with _quiet_loading():
             return DiffusionPipeline.from_pretrained(str(path), local_files_only=True,
                                                      **_pipeline_kwargs(_model_index(path)))
-    except Exception as exc:  # a damaged folder fails in many ways (safetensors, JSON, class and shape errors)
+    except Exception as exc:
+        # a damaged folder fails in many ways (safetensors, JSON, class and shape errors)
         raise EraseLabError(f"could not load the pipeline in {path}: {_first_line(exc)}; check that the "
                             "folder is complete (model_index.json and every component's weights)") from exc
 
@@ -205,10 +212,15 @@ def _from_hub(model_id: str):
 
     try:
         with _quiet_loading():
-            return DiffusionPipeline.from_pretrained(model_id, local_files_only=_offline(), **_pipeline_kwargs())
-    except Exception as exc:  # hub errors come in many classes (OSError, HTTP errors, LocalEntryNotFoundError)
-        raise EraseLabError(f"model {model_id} is not in the local cache; download it with `hf download "
-                            f"{model_id}` on a machine with network access, or pass a folder") from exc
+            return DiffusionPipeline.from_pretrained(
+                model_id, local_files_only=_offline(), **_pipeline_kwargs()
+            )
+    except Exception as exc:
+        # hub errors come in many classes (OSError, HTTP errors, LocalEntryNotFoundError)
+        raise EraseLabError(
+            f"model {model_id} is not in the local cache; download it with `hf download "
+            f"{model_id}` on a machine with network access, or pass a folder"
+        ) from exc
 
 
 def _from_single_file(path: Path, trust_pickle: bool):
@@ -221,10 +233,14 @@ def _from_single_file(path: Path, trust_pickle: bool):
 
     try:
         with _quiet_loading():
-            return StableDiffusionPipeline.from_single_file(str(path), local_files_only=True, **_pipeline_kwargs())
+            return StableDiffusionPipeline.from_single_file(
+                str(path), local_files_only=True, **_pipeline_kwargs()
+            )
     except Exception as exc:
-        raise EraseLabError(f"could not load single-file checkpoint {path}: {_first_line(exc)}; "
-                            "pass a diffusers folder instead") from exc
+        raise EraseLabError(
+            f"could not load single-file checkpoint {path}: {_first_line(exc)}; "
+            "pass a diffusers folder instead"
+        ) from exc
 
 
 def fingerprinted_modules(pipe) -> dict[str, torch.nn.Module]:
@@ -351,7 +367,9 @@ def list_local_models() -> list[dict]:
         for repo in scan_cache_dir().repos:
             for rev in repo.revisions:
                 if any(f.file_name == "model_index.json" for f in rev.files):
-                    found.append({"model": repo.repo_id, "where": str(rev.snapshot_path), "kind": "hub cache"})
+                    found.append(
+                        {"model": repo.repo_id, "where": str(rev.snapshot_path), "kind": "hub cache"}
+                    )
                     break
     except Exception:  # no cache directory yet: nothing cached, not an error
         pass

@@ -91,9 +91,11 @@ def state_of(pipe) -> PipelineState:
     try:
         ref = weakref.ref(pipe, lambda dead, key=key: _forget(key, dead))
     except TypeError:
-        raise EraseLabError(f"eraselab keeps its bookkeeping beside the pipeline under a weak reference, which a "
-                            f"{type(pipe).__name__} object does not allow; pass a diffusers pipeline (or an object "
-                            "whose class allows weak references)") from None
+        raise EraseLabError(
+            f"eraselab keeps its bookkeeping beside the pipeline under a weak reference, which a "
+            f"{type(pipe).__name__} object does not allow; pass a diffusers pipeline (or an object "
+            "whose class allows weak references)"
+        ) from None
     state = PipelineState()
     _STATES[key] = (ref, state)
     return state

@@ -76,8 +76,8 @@ def tiny_random_sd2_pipeline(seed: int = 0, text_dim: int = 1024):
 
     As in SD 2.x (768-v): an OpenCLIP-H-style text encoder 1024 wide with GELU activations (diffusers' SD 2
     text encoder is OpenCLIP with its last layer removed, so its last hidden state is OpenCLIP's penultimate
-    layer, the one SD 2 conditions on; a 2-layer stand-in plays it), per-block attention_head_dim lists, linear
-    projections and upcast attention in the transformer blocks, and a v-prediction DDIM scheduler.
+    layer, the one SD 2 conditions on; a 2-layer stand-in plays it), per-block attention_head_dim lists,
+    linear projections and upcast attention in the transformer blocks, and a v-prediction DDIM scheduler.
     """
     from diffusers import DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel

@@ -3,8 +3,8 @@
 Why: a small model cannot keep several CPU cores busy from one process. miniworld's UNet works on 8 × 8
 latents, so its calls are dominated by per-operator overhead and a second thread barely helps
 (benchmarks/RESULTS.md), while the variants are independent: each method's erase, and each variant's images
-and attention maps, depend only on the spec. So on the CPU, for small models, the bench hands each variant to a
-worker process that erases (if it is a method), generates its images and records its attention maps into the
+and attention maps, depend only on the spec. So on the CPU, for small models, the bench hands each variant to
+a worker process that erases (if it is a method), generates its images and records its attention maps into the
 run folder's caches, exactly as the sequential bench would; the bench then goes on as always and finds every
 edit, image and map cached. Nothing the workers write differs in kind from what the bench writes itself: the
 edit cache (edit_cache.py), the shared image store (SQLite WAL, safe for several writers: store.py) and the
@@ -88,7 +88,9 @@ def expected_cost(spec, pipe, name: str) -> float:
     if name == ORIGINAL:
         return 0.0
     config = spec.method_config.get(name, {})
-    _, request = build_request(name, spec.targets, spec.preserve, pipe=pipe, domain=spec.user_domain(), **config)
+    _, request = build_request(
+        name, spec.targets, spec.preserve, pipe=pipe, domain=spec.user_domain(), **config
+    )
     return float(getattr(request.config, "iterations", 0) or 0)
 
 
@@ -101,9 +103,14 @@ def prepare_variants(spec, pipe, run_dir: Path, names: list[str], workers: int, 
     modules = worker_modules([n for n in names if n != ORIGINAL]) or []
     queue = sorted(names, key=lambda n: -expected_cost(spec, pipe, n))
     each = max(1, threads // workers)
-    say(f"preparing {len(names)} variants in {workers} worker processes ({each} thread{'s' * (each > 1)} each)")
+    say(
+        f"preparing {len(names)} variants in {workers} worker processes "
+        f"({each} thread{'s' * (each > 1)} each)"
+    )
     context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited torch/OpenMP state
-    pool = ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker, initargs=(each, modules))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=context, initializer=_start_worker, initargs=(each, modules)
+    )
     try:
         pending = {pool.submit(_prepare_variant, spec, str(run_dir), name): name for name in queue}
         while pending:
@@ -112,8 +119,10 @@ def prepare_variants(spec, pipe, run_dir: Path, names: list[str], workers: int, 
                 name = pending.pop(future)
                 say(f"{name}: ready in {future.result():.0f} s")
     except BrokenProcessPool as exc:
-        raise EraseLabError("a bench worker process died (out of memory?); run again with --jobs 1 to prepare the "
-                            "variants one at a time (finished edits and images are kept)") from exc
+        raise EraseLabError(
+            "a bench worker process died (out of memory?); run again with --jobs 1 to prepare the "
+            "variants one at a time (finished edits and images are kept)"
+        ) from exc
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -148,6 +157,10 @@ def _prepare_variant(spec, run_dir: str, name: str) -> float:
         _worker.update(model=spec.model, pipe=load_pipeline(spec.model, device="cpu"))
     pipe, run_dir = _worker["pipe"], Path(run_dir)
     probes = build_probes(spec)
-    edit = None if name == ORIGINAL else make_edit(pipe, spec, run_dir, name, spec.user_domain(), _say, progress=False)
+    edit = (
+        None
+        if name == ORIGINAL
+        else make_edit(pipe, spec, run_dir, name, spec.user_domain(), _say, progress=False)
+    )
     prepare_images(pipe, spec, run_dir, probes, name, edit, progress=False)
     return time.perf_counter() - started

@@ -115,9 +115,17 @@ DIFFUSERS_SUMMARY = ("the diffusers rewrite: 200 steps at lr 5e-5, rollout with 
 SDXL = Reference(REPOSITORY, "25613d27892326e0c7770f7f3555bea4be150089", "esd_sdxl.py")
 # esd_sdxl.py's defaults; its η′ 1 is the paper's η 0 (target ε*(∅)).
 SDXL_SETTINGS = {**DIFFUSERS_SETTINGS, "lr": 2e-4, "negative_guidance": 0.0, "rollout_guidance": 2.0}
-SDXL_RECIPE = Recipe("sdxl", SDXL, "the SDXL script: 200 steps at lr 2e-4, η′ 1 (paper η 0), rollout with the "
-                     "frozen model and the pipeline's scheduler at CFG 2, 1024 px, trained at the rollout's "
-                     "timestep, in bfloat16", SDXL_SETTINGS, families=("sdxl",))
+SDXL_RECIPE = Recipe(
+    "sdxl",
+    SDXL,
+    (
+        "the SDXL script: 200 steps at lr 2e-4, η′ 1 (paper η 0), rollout with the "
+        "frozen model and the pipeline's scheduler at CFG 2, 1024 px, trained at the rollout's "
+        "timestep, in bfloat16"
+    ),
+    SDXL_SETTINGS,
+    families=("sdxl",),
+)
 # eraselab's own Flux port (no official Flux ESD). esd_sdxl.py's scale (200 steps, lr 2e-4, 50 steps, the
 # family's resolution: image_size 0); the paper's η 1, because esd_sdxl.py's η′ 1 (η 0) makes the target
 # v*(∅) alone and drops the negative-guidance term the method is named for; guidance 3.5 is FluxPipeline's
@@ -131,7 +139,7 @@ FLUX_SUMMARY = ("eraselab's own adaptation, no official reference (no official E
                 "rollout with the frozen model and the pipeline's flow-matching scheduler (50 steps, "
                 "guidance 3.5 embedded on -dev), the family's default resolution, trained at the "
                 "rollout's timestep, float32")
-FLUX_RECIPE = Recipe("flux", SDXL, FLUX_SUMMARY, FLUX_SETTINGS, families=("flux",))
+FLUX_RECIPE = Recipe("flux", SDXL, FLUX_SUMMARY, FLUX_SETTINGS, families=("flux",), official=False)
 
 
 @dataclass
@@ -162,26 +170,37 @@ class ESDConfig(MethodConfig):
     # float32 there too, the precision the presets were tuned in.
     miniworld: ClassVar[dict] = {"iterations": 150, "lr": 3e-4, "ddim_steps": 20, "anchor_unconditional": 1.0,
                                  "image_size": 0, "train_dtype": "float32"}
-    help: ClassVar[dict] = {**MethodConfig.help,
-                            "iterations": "training steps (batch 1)", "lr": "Adam learning rate",
-                            "negative_guidance": "η in the paper's convention (diffusers' η′ = η + 1)",
-                            "ddim_steps": "DDIM steps of the sampler the partial rollout stops inside",
-                            "rollout_guidance": "CFG scale of the partial rollout (Flux: the pipeline's "
-                                                "guidance_scale, embedded in every prediction on -dev)",
-                            "timestep_pairing": "which training timestep goes with the rollout's length: compvis "
-                                                "(train-esd.py), exact (esd_sd.py) or in-bin (eraselab's)",
-                            "rollout_model": "model the partial rollout runs: trained (train-esd.py) or frozen "
-                                             "(esd_sd.py)",
-                            "rollout_sampler": "ddim (train-esd.py) or pipeline: the pipeline's own scheduler "
-                                               "(esd_sd.py)",
-                            "image_size": "pixel size of the rollout (0 = the model's own; esd_sd.py: 1024)",
-                            "parameter_group": "parameters trained ('' = the method's: esd-x x, esd-u u, "
-                                               "esd-x-strict x-strict; esd_sd.py's esd-u: u-linear-conv)",
-                            "train_dtype": "precision of training (text encoders, models, rollout, loss, "
-                                           "Adam): float32 (train-esd.py) or bfloat16 (esd_sd.py, "
-                                           "esd_sdxl.py)",
-                            "anchor_unconditional": "weight of a term keeping ε(x_t, ∅) at the frozen model's "
-                                                    "(0 = the paper's loss)"}
+    help: ClassVar[dict] = {
+        **MethodConfig.help,
+        "iterations": "training steps (batch 1)",
+        "lr": "Adam learning rate",
+        "negative_guidance": "η in the paper's convention (diffusers' η′ = η + 1)",
+        "ddim_steps": "DDIM steps of the sampler the partial rollout stops inside",
+        "rollout_guidance": (
+            "CFG scale of the partial rollout (Flux: the pipeline's "
+            "guidance_scale, embedded in every prediction on -dev)"
+        ),
+        "timestep_pairing": (
+            "which training timestep goes with the rollout's length: compvis "
+            "(train-esd.py), exact (esd_sd.py) or in-bin (eraselab's)"
+        ),
+        "rollout_model": "model the partial rollout runs: trained (train-esd.py) or frozen (esd_sd.py)",
+        "rollout_sampler": "ddim (train-esd.py) or pipeline: the pipeline's own scheduler (esd_sd.py)",
+        "image_size": "pixel size of the rollout (0 = the model's own; esd_sd.py: 1024)",
+        "parameter_group": (
+            "parameters trained ('' = the method's: esd-x x, esd-u u, "
+            "esd-x-strict x-strict; esd_sd.py's esd-u: u-linear-conv)"
+        ),
+        "train_dtype": (
+            "precision of training (text encoders, models, rollout, loss, "
+            "Adam): float32 (train-esd.py) or bfloat16 (esd_sd.py, "
+            "esd_sdxl.py)"
+        ),
+        "anchor_unconditional": (
+            "weight of a term keeping ε(x_t, ∅) at the frozen model's "
+            "(0 = the paper's loss)"
+        ),
+    }
 
     def validate(self) -> None:
         positive(self, "iterations", "lr", "ddim_steps")
@@ -230,8 +249,10 @@ class ESD(Eraser):
                 schedule = NoiseSchedule.from_pipe(pipe, cfg.ddim_steps, cfg.rollout_sampler)
 
                 def step():
-                    return self.iteration(session, schedule, conds[session.choice(request.targets)], uncond, cfg,
-                                          pipe)
+                    return self.iteration(
+                        session, schedule, conds[session.choice(request.targets)], uncond, cfg, pipe
+                    )
+
             with progress_bar(cfg.iterations, self.name, request.progress) as advance:
                 for _ in range(cfg.iterations):
                     advance(step())
@@ -242,8 +263,11 @@ class ESD(Eraser):
                               extras={"parameter_group": group, "eta_convention": "paper"})
 
     @staticmethod
-    def iteration(session: TrainingSession, schedule: NoiseSchedule, cond, uncond, cfg: ESDConfig, pipe) -> float:
-        """One ESD step: partial rollout (with θ or θ*), frozen predictions (one batch), θ's prediction, Adam step.
+    def iteration(
+        session: TrainingSession, schedule: NoiseSchedule, cond, uncond, cfg: ESDConfig, pipe
+    ) -> float:
+        """One ESD step: partial rollout (with θ or θ*), frozen predictions (one batch), θ's prediction, Adam
+        step.
 
         With `anchor_unconditional` λ > 0 the loss adds λ·‖ε_θ(x_t, ∅) − ε*(x_t, ∅)‖². The paper's loss only
         constrains ε_θ(c); every parameter group also shapes ε_θ(∅) (ESD-u's weights see no text, ESD-x's K/V
@@ -292,13 +316,20 @@ class ESDUConfig(ESDConfig):
     recipes: ClassVar[tuple[Recipe, ...]] = (
         COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY + "; Linear/Conv2d outside attn2",
                                {**DIFFUSERS_SETTINGS, "parameter_group": "u-linear-conv"}))
-    miniworld: ClassVar[dict] = {**ESDConfig.miniworld, "negative_guidance": 2.0, "iterations": 300, "lr": 1e-4}
+    miniworld: ClassVar[dict] = {
+        **ESDConfig.miniworld,
+        "negative_guidance": 2.0,
+        "iterations": 300,
+        "lr": 1e-4,
+    }
 
 
 @register
 class ESDU(ESD):
     name = "esd-u"
-    description = "ESD fine-tuning of everything but cross-attention, output layer and time embedding (nudity)"
+    description = (
+        "ESD fine-tuning of everything but cross-attention, output layer and time embedding (nudity)"
+    )
     group = "u"
     Config = ESDUConfig
 

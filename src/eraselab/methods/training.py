@@ -91,7 +91,7 @@ class TrainingSession:
         self.device = unet.device
         self.losses: list[float] = []
 
-    # ---- models ---------------------------------------------------------------------------------------------
+    # ---- models --------------------------------------------------------------------------------------------
     def trained_out(self, x, t, cond, added: dict | None = None):
         """θ's prediction; `added`: SDXL's added conditions (added_cond_kwargs)."""
         return unet_out(self.unet, x, t, cond, added)
@@ -110,7 +110,9 @@ class TrainingSession:
     @staticmethod
     def _c(x, cond):
         cond = cond.unsqueeze(0) if cond.dim() == 2 else cond
-        return cond.expand(x.shape[0], -1, -1).to(x.dtype) if cond.shape[0] != x.shape[0] else cond.to(x.dtype)
+        return (
+            cond.expand(x.shape[0], -1, -1).to(x.dtype) if cond.shape[0] != x.shape[0] else cond.to(x.dtype)
+        )
 
     def randn(self, shape) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator).to(self.device, self.dtype)
@@ -118,7 +120,7 @@ class TrainingSession:
     def choice(self, items):
         return items[int(torch.randint(len(items), (1,), generator=self.generator))]
 
-    # ---- optimisation ---------------------------------------------------------------------------------------
+    # ---- optimisation --------------------------------------------------------------------------------------
     def step(self, loss: torch.Tensor) -> float:
         rebalance_threads()
         self.optimizer.zero_grad(set_to_none=True)
@@ -140,8 +142,16 @@ class TrainingSession:
                 with torch.no_grad():
                     for n, p in zip(self.names, self.trained):
                         self.model_params[n].copy_(p.to(self.model_params[n].dtype))
-            return edits.edit_from_changes(self.pipe, self.before, method, config=config, targets=list(targets),
-                                           preserved=list(preserved), seconds=self.seconds(), extras=extras)
+            return edits.edit_from_changes(
+                self.pipe,
+                self.before,
+                method,
+                config=config,
+                targets=list(targets),
+                preserved=list(preserved),
+                seconds=self.seconds(),
+                extras=extras,
+            )
         finally:
             self.restore()
 
@@ -163,7 +173,8 @@ class TrainingSession:
 
 
 def loss_summary(losses: list[float]) -> dict:
-    """The loss curve (bucket means, at most CURVE_POINTS points) and the mean loss of the first/last tenth."""
+    """The loss curve (bucket means, at most CURVE_POINTS points) and the mean loss of the first/last
+    tenth."""
     if not losses:
         return {}
     n = len(losses)
