@@ -210,3 +210,37 @@ def test_worker_plan_stays_in_one_process_where_workers_cannot_help():
     assert plan_workers(1, small, "cpu", 4, ["uce"]) == 1
     with pytest.raises(EraseLabError, match="--jobs"):
         parse_jobs("0")
+
+
+def test_a_variant_failing_in_a_worker_ends_the_bench_without_waiting_for_the_others(
+    tiny_model_dir, tmp_path, monkeypatch
+):
+    """The failing variant's one-line error reaches the caller at once: the other worker's long esd-x erase is
+    stopped (its edit is never written), not waited for."""
+    import importlib
+    import sys
+
+    from eraselab.methods import METHODS
+
+    monkeypatch.setattr(METHODS, "_entries", dict(METHODS._entries))  # the method leaves with the test
+    sys.modules.pop("planted_failure_method", None)
+    importlib.import_module("planted_failure_method")
+    spec = _spec(tiny_model_dir, methods=("esd-x", "fails-at-once"), suites=("see",), attention=False,
+                 method_config={"esd-x": {"iterations": 20000}})
+    with pytest.raises(EraseLabError, match="planted failure of a bench variant"):
+        run_bench(spec, tmp_path / "run", say=lambda m: None, progress=False, jobs=2)
+    assert not (tmp_path / "run" / "edits" / "esd-x" / "edit.safetensors").exists()
+
+
+def test_a_method_defined_inside_a_function_is_prepared_in_the_bench_process():
+    from eraselab.methods.base import Eraser, MethodConfig
+    from eraselab.variant_jobs import importable
+
+    class Local(Eraser):
+        name = "local"
+        Config = MethodConfig
+
+    assert not importable(Local)  # a worker could not import it: the bench prepares its variants itself
+    from eraselab.methods import get_method
+
+    assert importable(get_method("uce"))

@@ -49,18 +49,21 @@ def model_parameters(pipe) -> int:
                for p in c.parameters())
 
 
+def importable(cls) -> bool:
+    """Whether a worker process can import `cls` by its module and name (not one defined in a notebook, a
+    script run as __main__, or inside a function)."""
+    return cls.__module__ != "__main__" and "<locals>" not in cls.__qualname__
+
+
 def worker_modules(methods) -> list[str] | None:
     """The modules that register `methods`, for a worker to import; None when one cannot be imported there
-    (a method defined in a notebook or script: then the bench runs its variants itself)."""
+    (then the bench runs its variants itself)."""
     from .methods import get_method
 
-    modules = []
-    for name in methods:
-        module = getattr(get_method(name), "__module__", "__main__")
-        if module == "__main__":
-            return None
-        modules.append(module)
-    return sorted(set(modules))
+    classes = [get_method(name) for name in methods]
+    if not all(importable(c) for c in classes):
+        return None
+    return sorted({c.__module__ for c in classes})
 
 
 def plan_workers(requested: int | None, pipe, device, variants: int, methods) -> int:
@@ -123,6 +126,12 @@ def prepare_variants(spec, pipe, run_dir: Path, names: list[str], workers: int, 
             "a bench worker process died (out of memory?); run again with --jobs 1 to prepare the "
             "variants one at a time (finished edits and images are kept)"
         ) from exc
+    except BaseException:
+        # A failed variant (or Ctrl-C) ends the bench now, not when the other workers' long erases end. Their
+        # caches are written atomically, so stopping them mid-way is as safe as a killed bench: it resumes.
+        for process in list((getattr(pool, "_processes", None) or {}).values()):
+            process.terminate()
+        raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
