@@ -327,6 +327,7 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     from .models import fingerprint, load_pipeline, model_source, pick_device
     from .run_stamp import STAMP, reusable_results, signature, write_stamp
     from .store import RunStore
+    from .suites import declared_metrics
     from .variant_jobs import plan_workers, prepare_variants
 
     validate(spec)
@@ -372,6 +373,8 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
     hierarchy, aliases = _concept_data(spec)
     original_table = list(zip(probes, rows[ORIGINAL]))
     erasebench_k = None if evaluator.name == "oracle" else 1
+    # The metrics the probes' suites declare: a key of the metric cache, so a changed declaration recomputes.
+    declared = sorted(declared_metrics(probes))
     results_methods = {}
     original_hash, domain_tag = table_hash(original_table), spec.domain.tag()
     for name, edit in edits.items():
@@ -385,10 +388,11 @@ def run_bench(spec: BenchSpec, run_dir: str | Path, say=print, progress: bool = 
             "aliases": aliases,
             "erasebench_k": erasebench_k,
             "features": features_hash(feats),
+            "metrics": declared,
         }
         m = cached_summary(run_dir / "metrics", inputs, lambda: metrics.summarize(
             original_table, edited_table, list(spec.targets), hierarchy=hierarchy, aliases=aliases,
-            erasebench_k=erasebench_k, features=feats))
+            erasebench_k=erasebench_k, features=feats, metrics=declared))
         results_methods[name] = {"edit_hash": edit.content_hash(), "config": edit.config,
                                  "seconds": edit.seconds, "extras": _small_extras(edit.extras), "metrics": m}
     for name in edits:

@@ -1,8 +1,9 @@
 """The headline table: the few numbers per method a reader looks at first (terminal, Markdown and HTML).
 
-Each column is a metric key of results.json; its label, direction, unit and definition come from the metric's
-declaration (metric_info), so the table, the glossary and the tooltips use one vocabulary. Columns whose
-metric no method has are dropped. A rate or drop whose 95 % interval is wider than ±UNREADABLE_HALF_WIDTH
+Each column is a metric key of results.json that a declaration (metric_info) puts in the headline, in
+declaration order; its label, direction, unit and definition come from that declaration, so the table, the
+glossary and the tooltips use one vocabulary. Columns whose metric no method has (none of the run's suites
+declares it) are dropped. A rate or drop whose 95 % interval is wider than ±UNREADABLE_HALF_WIDTH
 points is marked unreadable (too few images) and never highlighted as the best of its column.
 """
 from __future__ import annotations
@@ -10,13 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..metric_info import describe
+from ..metric_info import describe, headline_keys
 
-COLUMN_KEYS = ("target.recognition", "imagenette.esr@1", "imagenette.psr@1", "erasebench.efficacy",
-               "erasebench.generality", "erasebench.sensitivity", "erasebench.hm",
-               "see.neighbour_drop.sibling",
-               "see.evasion.composition", "see.evasion.synonym", "see.evasion.parent", "see.attribute_leak",
-               "see.unrelated.preserved", "nudity.exposed@0.5", "quality.frechet", "seconds")
+COLUMN_KEYS = headline_keys()
 UNREADABLE_HALF_WIDTH = 10.0  # percentage points
 
 

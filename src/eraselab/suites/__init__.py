@@ -13,9 +13,14 @@ Third-party packages add suites under the entry-point group "eraselab.suites" (e
 """
 from __future__ import annotations
 
+from collections import defaultdict
+from collections.abc import Iterable
+
 from ..domain import Domain, get_domain
 from ..errors import EraseLabError
 from ..hierarchy import parse_concept
+from ..metric_info import suite_metrics
+from ..probes import Probe
 from ..registry import Registry
 from .base import GenerationSettings, Spec, Suite
 from .erasebench import EraseBenchSuite
@@ -47,6 +52,24 @@ def get_suite(name: str, **options) -> Suite:
         raise EraseLabError(f"suite {name!r} does not take option(s) {', '.join(sorted(options))}") from None
 
 
+def declared_metrics(probes: Iterable[Probe]) -> frozenset[str]:
+    """The metric keys the suites that made these probes declare (Suite.METRICS).
+
+    A probe names its suite by id ("see/real@v2+…", "imagenette@v1"); a suite not found by the name before
+    its "/" or "@" (a YAML file's, a hand-made probe's) or declaring nothing gets what its probes' aspects
+    call for (metric_info.suite_metrics), as Suite.metrics() derives it.
+    """
+    aspects_by_suite: dict[str, set[str]] = defaultdict(set)
+    for p in probes:
+        aspects_by_suite[p.suite].add(p.aspect)
+    out: set[str] = set()
+    for suite_id, aspects in aspects_by_suite.items():
+        name = suite_id.split("@", 1)[0].split("/", 1)[0]
+        declared = SUITES.get(name).METRICS if name in SUITES else None
+        out.update(suite_metrics(aspects) if declared is None else declared)
+    return frozenset(out)
+
+
 __all__ = ["SUITES", "Domain", "EraseBenchSuite", "GenerationSettings", "I2PSuite", "ImagenetteSuite",
-           "SeeSuite", "Spec", "Suite", "Taxonomy", "YamlSuite", "get_domain", "get_suite", "load_taxonomy",
-           "parse_concept", "suite_names"]
+           "SeeSuite", "Spec", "Suite", "Taxonomy", "YamlSuite", "declared_metrics", "get_domain",
+           "get_suite", "load_taxonomy", "parse_concept", "suite_names"]

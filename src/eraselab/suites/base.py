@@ -23,9 +23,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from ..domain import Domain, as_domain
 from ..errors import EraseLabError
+from ..metric_info import is_metric, suite_metrics
 from ..probes import Probe
 
 
@@ -70,12 +72,25 @@ class GenerationSettings:
 
 @dataclass
 class Suite:
-    """Base class; subclasses set name, version, ASPECTS and implement `_specs`."""
+    """Base class; subclasses set name, version, ASPECTS (and METRICS) and implement `_specs`."""
 
+    # The metrics this suite's probes are measured by: keys of metric_info's declarations, families with
+    # <placeholders> included ("see.evasion.<route>"). None: those its aspects call for
+    # (metric_info.suite_metrics), so a new relation gets its recognition rate and drop without code.
+    METRICS: ClassVar[tuple[str, ...] | None] = None
     name: str = "suite"
     version: int = 1
     ASPECTS: tuple[str, ...] = ()
     defaults: dict = field(default_factory=dict)  # GenerationSettings overrides for this suite
+
+    def metrics(self) -> tuple[str, ...]:
+        """The metric keys this suite declares (see METRICS)."""
+        declared = suite_metrics(self.ASPECTS) if self.METRICS is None else self.METRICS
+        unknown = [k for k in declared if not is_metric(k)]
+        if unknown:
+            raise EraseLabError(f"suite {self.name} declares unknown metric(s) {', '.join(unknown)}; declare "
+                                "them in eraselab/metric_info.py or use its keys")
+        return tuple(declared)
 
     def build(self, target: str | Iterable[str], domain: Domain | str = "miniworld",
               **settings) -> list[Probe]:

@@ -35,6 +35,8 @@ def load_erasebench(path: str | None = None) -> dict:
 
 @dataclass
 class EraseBenchSuite(Suite):
+    METRICS = ("target.recognition", "erasebench.efficacy", "erasebench.generality", "erasebench.sensitivity",
+               "erasebench.sensitivity.<group>", "erasebench.hm")
     name: str = "erasebench"
     version: int = 1
     ASPECTS: tuple[str, ...] = ("target", "paraphrase") + GROUPS

@@ -30,6 +30,9 @@ def _column(header: list[str], names: tuple[str, ...]) -> str | None:
 
 @dataclass
 class I2PSuite(Suite):
+    # NudeNet's exposure rates and part counts read the evaluator's rows, so they need no declaration: every
+    # suite judged by NudeNet gets them.
+    METRICS = ("target.recognition",)
     name: str = "i2p"
     version: int = 1
     ASPECTS: tuple[str, ...] = ("target",)

@@ -61,6 +61,8 @@ def erased_classes(target: str | Iterable[str]) -> tuple[str, tuple[str, ...]]:
 
 @dataclass
 class ImagenetteSuite(Suite):
+    METRICS = ("imagenette.esr@<k>", "imagenette.psr@<k>", "imagenette.esr@<k>.<split>",
+               "imagenette.psr@<k>.<split>")
     name: str = "imagenette"
     version: int = 1
     ASPECTS: tuple[str, ...] = ("erased", "preserved")

@@ -26,6 +26,8 @@ from .base import Spec, Suite
 
 @dataclass
 class SeeSuite(Suite):
+    METRICS = ("target.recognition", "see.neighbour_drop.<relation>", "see.evasion.<route>",
+               "see.attribute_leak", "see.attribute_lost", "see.unrelated.preserved", "see.unrelated.drop")
     name: str = "see"
     version: int = 2  # v2: synonym probes only with names that share no word with the target
     ASPECTS: tuple[str, ...] = ("target", "synonym", "composition", "child", "parent", "leak", "sibling",

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from ..domain import Domain, noun_phrase, read_yaml_mapping
 from ..errors import EraseLabError
+from ..metric_info import suite_metrics
 from .base import Spec, Suite
 
 TARGET_NAMING = ("synonym", "paraphrase", "composition")
@@ -95,6 +96,14 @@ class YamlSuite(Suite):
 
     def suite_id(self, domain: Domain) -> str:
         return f"{self.name}@v{self.version}"
+
+    def metrics(self) -> tuple[str, ...]:
+        """The metrics its relations and literal prompts' aspects call for (metric_info.suite_metrics): one no
+        declared metric reads gets its recognition rate and drop."""
+        relations = [r for rels in self.raw["targets"].values() for r in rels]
+        prompts = [item.get("aspect", "custom") for item in self.raw.get("prompts") or []
+                   if isinstance(item, dict)]
+        return suite_metrics(["target", *relations, *prompts])
 
     def _specs(self, target: str, domain: Domain) -> list[Spec]:
         targets = self.raw["targets"]
