@@ -42,7 +42,17 @@ import torch.nn.functional as F
 from .. import edits
 from ..errors import EraseLabError
 from ..threads import rebalance_threads
-from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
+from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Eraser,
+    EraseRequest,
+    MethodConfig,
+    OneOf,
+    Recipe,
+    Reference,
+    setting,
+)
 from .diffusion import NoiseSchedule, ddim_rollout, latent_shape, unet_out
 from .esd import esd_target
 from .registry import register
@@ -74,26 +84,38 @@ RETAIN_SOURCES = ("auto", "coco_object", "domain", "none")
 
 @dataclass
 class AdvUnlearnConfig(MethodConfig):
-    iterations: int = 1000
-    lr: float = 1e-5
-    negative_guidance: float = 1.0
-    rollout_guidance: float = 3.0
-    ddim_steps: int = 50
-    train_method: str = "text_encoder_full"
-    component: str = "all"
-    norm_layer: bool = False
-    attack_method: str = "pgd"
-    attack_steps: int = 30
-    attack_lr: float = 1e-3
-    adv_prompt_num: int = 1
-    attack_type: str = "prefix_k"
-    attack_init: str = "random"
-    warmup_iterations: int = 200
-    adv_prompt_update_step: int = 1
-    retain_prompts: str = "auto"
-    retain_batch: int = 5
-    retain_loss_weight: float = 0.3
-    attack_zero_grad: bool = False
+    iterations: int = setting(1000, "training steps of the text encoder (batch 1 + retain batch)", POSITIVE)
+    lr: float = setting(1e-5, "Adam learning rate of the text encoder", POSITIVE)
+    negative_guidance: float = setting(1.0, "η of the ESD target (paper convention)")
+    rollout_guidance: float = setting(3.0, "CFG scale of the partial rollouts (the reference's "
+                                      "start_guidance)")
+    ddim_steps: int = setting(50, "DDIM steps of the sampler the rollouts stop inside", POSITIVE)
+    train_method: str = setting("text_encoder_full", "text-encoder layers trained: text_encoder_full or "
+                                "text_encoder_layer<ids> as the reference's param_choices",
+                                OneOf(TRAIN_METHODS))
+    component: str = setting("all", "all, ffn (MLPs) or attn (self-attention) of the chosen layers",
+                             OneOf(COMPONENTS))
+    norm_layer: bool = setting(False, "also train the final layer norm (text_encoder_full with component "
+                               "all trains it anyway)")
+    attack_method: str = setting("pgd", "pgd (Adam on the gradient) or fast_at (Adam on its sign)",
+                                 OneOf(ATTACK_METHODS))
+    attack_steps: int = setting(30, "Adam steps of each attack", POSITIVE)
+    attack_lr: float = setting(1e-3, "Adam learning rate of the adversarial word embeddings", POSITIVE)
+    adv_prompt_num: int = setting(1, "adversarial tokens k", POSITIVE)
+    attack_type: str = setting("prefix_k", "where they go: prefix_k, suffix_k, replace_k or add",
+                               OneOf(ATTACK_TYPES))
+    attack_init: str = setting("random", "random vocabulary words, or latest (the previous attack's)",
+                               OneOf(ATTACK_INITS))
+    warmup_iterations: int = setting(200, "iterations on the plain target before the attacks start",
+                                     NON_NEGATIVE)
+    adv_prompt_update_step: int = setting(1, "a new target draw (and attack) every n iterations", POSITIVE)
+    retain_prompts: str = setting("auto", "auto (closed world: domain, else coco_object), coco_object (the "
+                                  "reference's list), domain (the domain's other classes), none or a text "
+                                  "file with one prompt per line")
+    retain_batch: int = setting(5, "retain prompts per training step", POSITIVE)
+    retain_loss_weight: float = setting(0.3, "weight w of the retain term", NON_NEGATIVE)
+    attack_zero_grad: bool = setting(False, "eraselab option: reset the attack's gradient every step "
+                                     "(reference: it accumulates)")
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe("official", REFERENCE,
@@ -105,43 +127,6 @@ class AdvUnlearnConfig(MethodConfig):
     # of each iteration); chosen by trials on target circle (reported in benchmarks/RESULTS.md).
     miniworld: ClassVar[dict] = {"iterations": 120, "lr": 1.5e-3, "ddim_steps": 20, "warmup_iterations": 40,
                                  "attack_steps": 3, "attack_lr": 1e-2}
-    help: ClassVar[dict] = {**MethodConfig.help,
-                            "iterations": "training steps of the text encoder (batch 1 + retain batch)",
-                            "lr": "Adam learning rate of the text encoder",
-                            "negative_guidance": "η of the ESD target (paper convention)",
-                            "rollout_guidance": "CFG scale of the partial rollouts (the reference's "
-                                                "start_guidance)",
-                            "ddim_steps": "DDIM steps of the sampler the rollouts stop inside",
-                            "train_method": "text-encoder layers trained: text_encoder_full or "
-                                            "text_encoder_layer<ids> as the reference's param_choices",
-                            "component": "all, ffn (MLPs) or attn (self-attention) of the chosen layers",
-                            "norm_layer": "also train the final layer norm (text_encoder_full with "
-                                          "component all trains it anyway)",
-                            "attack_method": "pgd (Adam on the gradient) or fast_at (Adam on its sign)",
-                            "attack_steps": "Adam steps of each attack",
-                            "attack_lr": "Adam learning rate of the adversarial word embeddings",
-                            "adv_prompt_num": "adversarial tokens k",
-                            "attack_type": "where they go: prefix_k, suffix_k, replace_k or add",
-                            "attack_init": "random vocabulary words, or latest (the previous attack's)",
-                            "warmup_iterations": "iterations on the plain target before the attacks start",
-                            "adv_prompt_update_step": "a new target draw (and attack) every n iterations",
-                            "retain_prompts": "auto (closed world: domain, else coco_object), coco_object "
-                                              "(the reference's list), domain (the domain's other classes), "
-                                              "none or a text file with one prompt per line",
-                            "retain_batch": "retain prompts per training step",
-                            "retain_loss_weight": "weight w of the retain term",
-                            "attack_zero_grad": "eraselab option: reset the attack's gradient every step "
-                                                "(reference: it accumulates)"}
-
-    def validate(self) -> None:
-        positive(self, "iterations", "lr", "ddim_steps", "attack_steps", "attack_lr", "adv_prompt_num",
-                 "adv_prompt_update_step", "retain_batch")
-        non_negative(self, "warmup_iterations", "retain_loss_weight")
-        one_of(self, "train_method", tuple(TRAIN_METHODS))
-        one_of(self, "component", COMPONENTS)
-        one_of(self, "attack_method", ATTACK_METHODS)
-        one_of(self, "attack_type", ATTACK_TYPES)
-        one_of(self, "attack_init", ATTACK_INITS)
 
 
 def trained_names(text_encoder: torch.nn.Module, train_method: str, component: str,

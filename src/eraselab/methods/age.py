@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .adversarial import MODES
 from .ap import AP, APConfig
-from .base import Recipe, Reference, non_negative, one_of, positive
+from .base import NON_NEGATIVE, POSITIVE, OneOf, Recipe, Reference, setting
 from .registry import register
 
 AGE_REFERENCE = Reference("tuananhbui89/Adaptive-Guided-Erasure", "b56a903932fa9921fefc1a1e4c8585e37a8698bb",
@@ -35,9 +35,10 @@ class AGEConfig(APConfig):
     k_closest: int = 100
     num_centers: int = 100
     ignore_special_tokens: bool = False
-    mode: str = "hard"
-    top_k: int = 2
-    target_weight: float = 1.0
+    mode: str = setting("hard", "hard (one-hot concept) or topk (renormalised mixture of the top_k)",
+                        OneOf(MODES))
+    top_k: int = setting(2, "candidates mixed in topk mode", POSITIVE)
+    target_weight: float = setting(1.0, "λ, weight of preserving the found target concept", NON_NEGATIVE)
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe(
@@ -69,17 +70,6 @@ class AGEConfig(APConfig):
     # Preserving the searched concept as well as the neighbours pulls harder against the erasure than in AP.
     # AGE erases on miniworld with the reference's timestep pairing (unlike AP): only the step size changes.
     miniworld: ClassVar[dict] = {**APConfig.miniworld, "lr": 4e-4, "in_bin_timestep": False}
-
-    help: ClassVar[dict] = {**APConfig.help,
-                            "mode": "hard (one-hot concept) or topk (renormalised mixture of the top_k)",
-                            "top_k": "candidates mixed in topk mode",
-                            "target_weight": "λ, weight of preserving the found target concept"}
-
-    def validate(self) -> None:
-        super().validate()
-        one_of(self, "mode", MODES)
-        positive(self, "top_k")
-        non_negative(self, "target_weight")
 
 
 @register

@@ -36,7 +36,17 @@ import torch
 import torch.nn.functional as F
 
 from .adversarial import concept_weights, mix, ranking, search_step
-from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
+from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Eraser,
+    EraseRequest,
+    MethodConfig,
+    OneOf,
+    Recipe,
+    Reference,
+    setting,
+)
 from .diffusion import NoiseSchedule, _bcast, ddim_rollout, latent_shape
 from .registry import register
 from .text import PromptEncoder, concept_prompt
@@ -49,23 +59,34 @@ AP_REFERENCE = Reference("tuananhbui89/Erasing-Adversarial-Preservation",
 
 @dataclass
 class APConfig(MethodConfig):
-    iterations: int = 1000
-    lr: float = 1e-5
-    pi_lr: float = 1e-2
-    tau: float = 2.0
-    negative_guidance: float = 1.0
-    preserve_weight: float = 1.0
-    ddim_steps: int = 50
-    rollout_guidance: float = 3.0
-    vocabulary: str = "auto"
-    k_closest: int = 1000
-    num_centers: int = 100
-    ignore_special_tokens: bool = True
-    kmeans_runs: int = 1
-    train: str = "x"
-    exact_search_gradient: bool = False
-    in_bin_timestep: bool = False
-    exclude_targets: bool = False
+    iterations: int = setting(1000, "θ updates (as many π updates alternate with them)", POSITIVE)
+    lr: float = setting(1e-5, "Adam learning rate of θ", POSITIVE)
+    pi_lr: float = setting(1e-2, "Adam learning rate of the logits π", POSITIVE)
+    tau: float = setting(2.0, "Gumbel-softmax temperature", POSITIVE)
+    negative_guidance: float = setting(1.0, "η of the erase term (paper convention, as ESD)")
+    preserve_weight: float = setting(1.0, "weight of the preservation term", NON_NEGATIVE)
+    ddim_steps: int = setting(50, "DDIM steps of the partial rollout's sampler", POSITIVE)
+    rollout_guidance: float = setting(3.0, "CFG scale of the partial rollout")
+    vocabulary: str = setting("auto", "auto (the domain's: miniworld's words or en3k), concepts (the "
+                              "domain's concept names), en3k, clip, imagenet, miniworld or a file")
+    k_closest: int = setting(1000, "vocabulary words kept by L2 distance to the target", POSITIVE)
+    num_centers: int = setting(100, "k-means++ centres = candidates per target; ≤ 0 or ≥ k_closest: no "
+                               "k-means, the k_closest words themselves")
+    ignore_special_tokens: bool = setting(
+        True, "skip vocabulary words with characters outside a-z (spaces, hyphens, digits), as the "
+        "reference does")
+    kmeans_runs: int = setting(1, "k-means++ restarts (sklearn's n_init: 1 in sklearn ≥ 1.4, 10 before)",
+                               POSITIVE)
+    train: str = setting("x", "parameters: x (cross-attention: objects, artists) or u (the rest: nudity)",
+                         OneOf(("x", "u")))
+    exact_search_gradient: bool = setting(
+        False, "eraselab option: the π search also differentiates the frozen model's prediction "
+        "(reference: θ's only)")
+    in_bin_timestep: bool = setting(False, "eraselab option: train at a timestep of the rolled-out "
+                                    "latent's own noise level (reference: CompVis pairing, ~2 DDIM steps "
+                                    "off)")
+    exclude_targets: bool = setting(False, "eraselab option: drop the targets (and their synonyms in the "
+                                    "domain) from the candidates (reference: the target stays a candidate)")
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe("official", AP_REFERENCE,
@@ -78,51 +99,6 @@ class APConfig(MethodConfig):
     # so the preset trains at the rolled-out latent's own timestep (eraselab's in_bin_timestep option).
     miniworld: ClassVar[dict] = {"iterations": 150, "lr": 2e-4, "ddim_steps": 20, "num_centers": 20,
                                  "in_bin_timestep": True}
-    help: ClassVar[dict] = {
-        **MethodConfig.help,
-        "iterations": "θ updates (as many π updates alternate with them)",
-        "lr": "Adam learning rate of θ",
-        "pi_lr": "Adam learning rate of the logits π",
-        "tau": "Gumbel-softmax temperature",
-        "negative_guidance": "η of the erase term (paper convention, as ESD)",
-        "preserve_weight": "weight of the preservation term",
-        "ddim_steps": "DDIM steps of the partial rollout's sampler",
-        "rollout_guidance": "CFG scale of the partial rollout",
-        "vocabulary": (
-            "auto (the domain's: miniworld's words or en3k), concepts (the "
-            "domain's concept names), en3k, clip, imagenet, miniworld or a "
-            "file"
-        ),
-        "k_closest": "vocabulary words kept by L2 distance to the target",
-        "num_centers": (
-            "k-means++ centres = candidates per target; ≤ 0 or ≥ k_closest: "
-            "no k-means, the k_closest words themselves"
-        ),
-        "ignore_special_tokens": (
-            "skip vocabulary words with characters outside a-z "
-            "(spaces, hyphens, digits), as the reference does"
-        ),
-        "kmeans_runs": "k-means++ restarts (sklearn's n_init: 1 in sklearn ≥ 1.4, 10 before)",
-        "train": "parameters: x (cross-attention: objects, artists) or u (the rest: nudity)",
-        "exact_search_gradient": (
-            "eraselab option: the π search also differentiates the "
-            "frozen model's prediction (reference: θ's only)"
-        ),
-        "in_bin_timestep": (
-            "eraselab option: train at a timestep of the rolled-out latent's "
-            "own noise level (reference: CompVis pairing, ~2 DDIM steps off)"
-        ),
-        "exclude_targets": (
-            "eraselab option: drop the targets (and their synonyms in the "
-            "domain) from the candidates (reference: the target stays a "
-            "candidate)"
-        ),
-    }
-
-    def validate(self) -> None:
-        positive(self, "iterations", "lr", "pi_lr", "tau", "ddim_steps", "k_closest", "kmeans_runs")
-        non_negative(self, "preserve_weight")
-        one_of(self, "train", ("x", "u"))
 
 
 @dataclass

@@ -71,22 +71,91 @@ class Recipe:
         return self.reference.cite() if self.official else f"eraselab's own port of {self.reference.cite()}"
 
 
+class Bound:
+    """A declared bound of one config field: `check` raises a one-line EraseLabError naming the field."""
+
+    def check(self, name: str, value) -> None:
+        raise NotImplementedError
+
+
+class Positive(Bound):
+    def check(self, name: str, value) -> None:
+        if not value > 0:  # `not >` so that NaN is refused too
+            raise EraseLabError(f"config {name} must be positive, got {value}")
+
+
+class NonNegative(Bound):
+    def check(self, name: str, value) -> None:
+        if not value >= 0:  # `not ≥` so that NaN is refused too
+            raise EraseLabError(f"config {name} must be zero or positive, got {value}")
+
+
+class OneOf(Bound):
+    def __init__(self, choices):
+        self.choices = tuple(choices)
+
+    def check(self, name: str, value) -> None:
+        if value not in self.choices:
+            raise EraseLabError(f"config {name} must be one of {', '.join(self.choices)}, not {value!r}")
+
+
+POSITIVE = Positive()
+NON_NEGATIVE = NonNegative()
+
+
+@dataclass(frozen=True)
+class Setting:
+    """What a config field declares besides its type and default: its line of help for `eraselab methods`
+    (empty: not listed) and its bound (None: any value of its type)."""
+
+    help: str = ""
+    bound: Bound | None = None
+
+
+SETTING = "eraselab.setting"  # the dataclass field metadata key of a Setting
+
+
+def setting(default, help: str = "", bound: Bound | None = None):
+    """Declare a config field once: `name: type = setting(default, "help", POSITIVE)`. MethodConfig lists the
+    help and enforces the bound in `validate`."""
+    if not isinstance(help, str):
+        raise TypeError(f"setting's help must be a string, not {help!r} (pass a bound as bound=...)")
+    return field(default=default, metadata={SETTING: Setting(help, bound)})
+
+
+class DeclaredHelp:
+    """`Config.help`: each declared field's help in field order, derived from the declarations."""
+
+    def __get__(self, instance, owner) -> dict[str, str]:
+        return {name: s.help for name, s in owner.settings().items() if s.help}
+
+
 @dataclass
 class MethodConfig:
-    """Fields shared by every method. Subclasses add theirs; `recipes` are the reference recipes (the first is
-    the default), `miniworld` the scaled-down preset."""
+    """Fields shared by every method. Subclasses add theirs, each declared once with `setting` (default, help,
+    bound); `recipes` are the reference recipes (the first is the default), `miniworld` the scaled-down
+    preset."""
 
-    seed: int = 0
-    preset: str = "auto"
-    recipe: str = ""
+    seed: int = setting(0, "random seed of everything the method samples")
+    preset: str = setting("auto", "defaults: auto (by model size), sd (SD 1.x reference) or miniworld")
+    recipe: str = setting("", "which reference code the method reproduces (`eraselab methods` lists each "
+                              "method's recipes; empty = the default, the first)")
 
     recipes: ClassVar[tuple[Recipe, ...]] = ()
     miniworld: ClassVar[dict] = {}
     # One line per field for `eraselab methods` and error messages.
-    help: ClassVar[dict] = {"seed": "random seed of everything the method samples",
-                            "preset": "defaults: auto (by model size), sd (SD 1.x reference) or miniworld",
-                            "recipe": "which reference code the method reproduces (`eraselab methods` lists "
-                                      "each method's recipes; empty = the default, the first)"}
+    help = DeclaredHelp()
+
+    @classmethod
+    def settings(cls) -> dict[str, Setting]:
+        """Each field's declaration. A subclass that only changes a field's default (`tau: float = 0.1`)
+        keeps the declaration of the class that declared the field."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            same_field = (getattr(c, "__dataclass_fields__", {}).get(f.name) for c in cls.__mro__)
+            declared = (g.metadata[SETTING] for g in same_field if g is not None and SETTING in g.metadata)
+            out[f.name] = next(declared, Setting())
+        return out
 
     @classmethod
     def recipe_named(cls, name: str = "", family: str | None = None) -> Recipe | None:
@@ -162,7 +231,11 @@ class MethodConfig:
         return config
 
     def validate(self) -> None:
-        """Range checks; subclasses extend. Raise EraseLabError naming the key."""
+        """Enforce every field's declared bound, in field order. Subclasses extend it (calling this first)
+        only with rules a bound cannot state: across fields, or with a reason of their own."""
+        for name, declared in type(self).settings().items():
+            if declared.bound is not None:
+                declared.bound.check(name, getattr(self, name))
 
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -229,25 +302,6 @@ def auto_preset(pipe) -> str:
     if unet is not None and sum(p.numel() for p in unet.parameters()) < TINY_UNET_PARAMS:
         return "miniworld"
     return "sd"
-
-
-def positive(config, *names: str) -> None:
-    for n in names:
-        if not getattr(config, n) > 0:
-            raise EraseLabError(f"config {n} must be positive, got {getattr(config, n)}")
-
-
-def non_negative(config, *names: str) -> None:
-    for n in names:
-        if not getattr(config, n) >= 0:  # `not ≥` so that NaN is refused too
-            raise EraseLabError(f"config {n} must be zero or positive, got {getattr(config, n)}")
-
-
-def one_of(config, name: str, choices) -> None:
-    if getattr(config, name) not in choices:
-        raise EraseLabError(
-            f"config {name} must be one of {', '.join(choices)}, not {getattr(config, name)!r}"
-        )
 
 
 @dataclass

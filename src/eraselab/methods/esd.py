@@ -49,15 +49,16 @@ import torch
 import torch.nn.functional as F
 
 from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
     Eraser,
     EraseRequest,
     MethodConfig,
+    OneOf,
     Recipe,
     Reference,
     model_family,
-    non_negative,
-    one_of,
-    positive,
+    setting,
 )
 from .diffusion import PAIRINGS, SAMPLERS, NoiseSchedule, latent_shape, rollout
 from .params import GROUPS
@@ -144,18 +145,29 @@ FLUX_RECIPE = Recipe("flux", SDXL, FLUX_SUMMARY, FLUX_SETTINGS, families=("flux"
 
 @dataclass
 class ESDConfig(MethodConfig):
-    iterations: int = 1000
-    lr: float = 1e-5
-    negative_guidance: float = 1.0
-    ddim_steps: int = 50
-    rollout_guidance: float = 3.0
-    timestep_pairing: str = "compvis"
-    rollout_model: str = "trained"
-    rollout_sampler: str = "ddim"
-    image_size: int = 0
-    parameter_group: str = ""
-    anchor_unconditional: float = 0.0
-    train_dtype: str = "float32"
+    iterations: int = setting(1000, "training steps (batch 1)", POSITIVE)
+    lr: float = setting(1e-5, "Adam learning rate", POSITIVE)
+    negative_guidance: float = setting(1.0, "η in the paper's convention (diffusers' η′ = η + 1)")
+    ddim_steps: int = setting(50, "DDIM steps of the sampler the partial rollout stops inside", POSITIVE)
+    rollout_guidance: float = setting(3.0, "CFG scale of the partial rollout (Flux: the pipeline's "
+                                      "guidance_scale, embedded in every prediction on -dev)")
+    timestep_pairing: str = setting("compvis", "which training timestep goes with the rollout's length: "
+                                    "compvis (train-esd.py), exact (esd_sd.py) or in-bin (eraselab's)",
+                                    OneOf(PAIRINGS))
+    rollout_model: str = setting("trained", "model the partial rollout runs: trained (train-esd.py) or "
+                                 "frozen (esd_sd.py)", OneOf(ROLLOUT_MODELS))
+    rollout_sampler: str = setting("ddim", "ddim (train-esd.py) or pipeline: the pipeline's own scheduler "
+                                   "(esd_sd.py)", OneOf(SAMPLERS))
+    image_size: int = setting(0, "pixel size of the rollout (0 = the model's own; esd_sd.py: 1024)",
+                              NON_NEGATIVE)
+    parameter_group: str = setting("", "parameters trained ('' = the method's: esd-x x, esd-u u, "
+                                   "esd-x-strict x-strict; esd_sd.py's esd-u: u-linear-conv)",
+                                   OneOf(("", *GROUPS)))
+    anchor_unconditional: float = setting(
+        0.0, "weight of a term keeping ε(x_t, ∅) at the frozen model's (0 = the paper's loss)", NON_NEGATIVE)
+    train_dtype: str = setting("float32", "precision of training (text encoders, models, rollout, loss, "
+                               "Adam): float32 (train-esd.py) or bfloat16 (esd_sd.py, esd_sdxl.py)",
+                               OneOf(TRAIN_DTYPES))
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         COMPVIS_RECIPE, Recipe("diffusers", DIFFUSERS, DIFFUSERS_SUMMARY, DIFFUSERS_SETTINGS), SDXL_RECIPE,
@@ -170,46 +182,6 @@ class ESDConfig(MethodConfig):
     # float32 there too, the precision the presets were tuned in.
     miniworld: ClassVar[dict] = {"iterations": 150, "lr": 3e-4, "ddim_steps": 20, "anchor_unconditional": 1.0,
                                  "image_size": 0, "train_dtype": "float32"}
-    help: ClassVar[dict] = {
-        **MethodConfig.help,
-        "iterations": "training steps (batch 1)",
-        "lr": "Adam learning rate",
-        "negative_guidance": "η in the paper's convention (diffusers' η′ = η + 1)",
-        "ddim_steps": "DDIM steps of the sampler the partial rollout stops inside",
-        "rollout_guidance": (
-            "CFG scale of the partial rollout (Flux: the pipeline's "
-            "guidance_scale, embedded in every prediction on -dev)"
-        ),
-        "timestep_pairing": (
-            "which training timestep goes with the rollout's length: compvis "
-            "(train-esd.py), exact (esd_sd.py) or in-bin (eraselab's)"
-        ),
-        "rollout_model": "model the partial rollout runs: trained (train-esd.py) or frozen (esd_sd.py)",
-        "rollout_sampler": "ddim (train-esd.py) or pipeline: the pipeline's own scheduler (esd_sd.py)",
-        "image_size": "pixel size of the rollout (0 = the model's own; esd_sd.py: 1024)",
-        "parameter_group": (
-            "parameters trained ('' = the method's: esd-x x, esd-u u, "
-            "esd-x-strict x-strict; esd_sd.py's esd-u: u-linear-conv)"
-        ),
-        "train_dtype": (
-            "precision of training (text encoders, models, rollout, loss, "
-            "Adam): float32 (train-esd.py) or bfloat16 (esd_sd.py, "
-            "esd_sdxl.py)"
-        ),
-        "anchor_unconditional": (
-            "weight of a term keeping ε(x_t, ∅) at the frozen model's "
-            "(0 = the paper's loss)"
-        ),
-    }
-
-    def validate(self) -> None:
-        positive(self, "iterations", "lr", "ddim_steps")
-        non_negative(self, "anchor_unconditional", "image_size")
-        one_of(self, "timestep_pairing", PAIRINGS)
-        one_of(self, "rollout_model", ROLLOUT_MODELS)
-        one_of(self, "rollout_sampler", SAMPLERS)
-        one_of(self, "parameter_group", ("", *GROUPS))
-        one_of(self, "train_dtype", tuple(TRAIN_DTYPES))
 
 
 class ESD(Eraser):

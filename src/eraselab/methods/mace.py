@@ -57,7 +57,17 @@ import torch.nn.functional as F
 from ..domain import Domain
 from ..errors import EraseLabError
 from ..threads import rebalance_threads
-from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, one_of, positive
+from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Eraser,
+    EraseRequest,
+    MethodConfig,
+    OneOf,
+    Recipe,
+    Reference,
+    setting,
+)
 from .diffusion import NoiseSchedule, unet_out
 from .regions import Examples, concept_phrase, generated_examples, has_renderer, rendered_examples
 from .registry import register
@@ -102,29 +112,42 @@ EXAMPLE_PROMPTS = {"object": "a photo of the {}", "style": "a photo in the style
 
 @dataclass
 class MACEConfig(MethodConfig):
-    mapping: str = ""
-    concept_type: str = "object"
-    lamb: float = 100.0
-    lr: float = 1e-5
-    steps: int = 50
-    rank: int = 1
-    use_pooler: bool = True
-    importance_sampling: bool = True
-    augment: bool = True
-    prompts: int = 30
-    train_preserve_scale: float = 0.0
-    fuse_preserve_scale: float = 0.0
-    preserve_weight: float = 0.0
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    images: int = 8
-    sample_steps: int = 30
-    sample_guidance: float = 7.5
-    regions: str = "auto"
-    attention_threshold: float = 0.5
-    segmenter: str = ""
-    template: str = "auto"
-    auto_preserve: str = "auto"
+    mapping: str = setting("", "concept the targets' context tokens are mapped to in the refinement ('' = "
+                           "nothing; the official object configs name a background word per object: "
+                           "automobile → sky)")
+    concept_type: str = setting("object", "object (prompt templates and region masks) or style (art "
+                                "templates, every pixel)", OneOf(CONCEPT_TYPES))
+    lamb: float = setting(100.0, "λ, weight of ‖W − W_old‖² in both closed forms", NON_NEGATIVE)
+    lr: float = setting(1e-5, "AdamW learning rate of the LoRAs", POSITIVE)
+    steps: int = setting(50, "LoRA training steps per target (batch 1)", POSITIVE)
+    rank: int = setting(1, "LoRA rank", POSITIVE)
+    use_pooler: bool = setting(True, "also suppress the end-of-text tokens' attention (official: true)")
+    importance_sampling: bool = setting(True, "draw timesteps from the 200–400 bump (official) instead of "
+                                        "uniformly")
+    augment: bool = setting(True, "write each concept into the prompt templates (false: 'A photo of {}' "
+                            "only)")
+    prompts: int = setting(30, "how many of the prompt templates to use (the first ones)", POSITIVE)
+    train_preserve_scale: float = setting(
+        0.0, "weight of the preservation matrix in the refinement (squared, as officially)", NON_NEGATIVE)
+    fuse_preserve_scale: float = setting(0.0, "weight of the preservation matrix in the fusion", NON_NEGATIVE)
+    preserve_weight: float = setting(0.0, "weight of the preserved concepts' matrix inside the "
+                                     "preservation terms", NON_NEGATIVE)
+    weight_decay: float = setting(0.01, "AdamW weight decay", NON_NEGATIVE)
+    max_grad_norm: float = setting(1.0, "gradient-norm clip (0 = none)", NON_NEGATIVE)
+    images: int = setting(8, "training images per target", POSITIVE)
+    sample_steps: int = setting(30, "DDIM steps generating them", POSITIVE)
+    sample_guidance: float = setting(7.5, "CFG scale generating them")
+    regions: str = setting("auto", "where the loss looks: auto (the world's renderer where there is one, "
+                           "else attention; none for styles), renderer, attention (thresholded "
+                           "cross-attention maps of the target's tokens), none (every pixel)", OneOf(REGIONS))
+    attention_threshold: float = setting(
+        0.5, "regions=attention: a pixel is in the region where the min-max normalised map reaches this")
+    segmenter: str = setting("", "a segmentation model for the regions (Grounded-SAM in the official "
+                             "code): not supported yet, leave empty")
+    template: str = setting("auto", "prompts: official (the photo/art templates), domain (the domain's "
+                            "captions: on a closed world its attribute phrases), auto (domain on the "
+                            "miniworld model, else official)", OneOf(TEMPLATES))
+    auto_preserve: str = setting("auto", bound=OneOf(AUTO_PRESERVE))
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe(
@@ -145,57 +168,9 @@ class MACEConfig(MethodConfig):
     # (auto_preserve). Weights chosen by trials on circle only (the report of issue 17).
     miniworld: ClassVar[dict] = {"lr": 3e-3, "steps": 100, "sample_steps": 20, "train_preserve_scale": 0.3,
                                  "fuse_preserve_scale": 0.1, "preserve_weight": 1.0}
-    help: ClassVar[dict] = {
-        **MethodConfig.help,
-        "mapping": (
-            "concept the targets' context tokens are mapped to in the refinement ('' = nothing; the "
-            "official object configs name a background word per object: automobile → sky)"
-        ),
-        "concept_type": "object (prompt templates and region masks) or style (art templates, every pixel)",
-        "lamb": "λ, weight of ‖W − W_old‖² in both closed forms",
-        "lr": "AdamW learning rate of the LoRAs",
-        "steps": "LoRA training steps per target (batch 1)",
-        "rank": "LoRA rank",
-        "use_pooler": "also suppress the end-of-text tokens' attention (official: true)",
-        "importance_sampling": "draw timesteps from the 200–400 bump (official) instead of uniformly",
-        "augment": "write each concept into the prompt templates (false: 'A photo of {}' only)",
-        "prompts": "how many of the prompt templates to use (the first ones)",
-        "train_preserve_scale": (
-            "weight of the preservation matrix in the refinement (squared, as officially)"
-        ),
-        "fuse_preserve_scale": "weight of the preservation matrix in the fusion",
-        "preserve_weight": "weight of the preserved concepts' matrix inside the preservation terms",
-        "weight_decay": "AdamW weight decay",
-        "max_grad_norm": "gradient-norm clip (0 = none)",
-        "images": "training images per target",
-        "sample_steps": "DDIM steps generating them",
-        "sample_guidance": "CFG scale generating them",
-        "regions": (
-            "where the loss looks: auto (the world's renderer where there is one, else attention; "
-            "none for styles), renderer, attention (thresholded cross-attention maps of the target's "
-            "tokens), none (every pixel)"
-        ),
-        "attention_threshold": (
-            "regions=attention: a pixel is in the region where the min-max normalised map reaches this"
-        ),
-        "segmenter": (
-            "a segmentation model for the regions (Grounded-SAM in the official code): not supported "
-            "yet, leave empty"
-        ),
-        "template": (
-            "prompts: official (the photo/art templates), domain (the domain's captions: on a closed "
-            "world its attribute phrases), auto (domain on the miniworld model, else official)"
-        ),
-    }
 
     def validate(self) -> None:
-        positive(self, "lr", "steps", "rank", "prompts", "images", "sample_steps")
-        non_negative(self, "lamb", "train_preserve_scale", "fuse_preserve_scale", "preserve_weight",
-                     "weight_decay", "max_grad_norm")
-        one_of(self, "concept_type", CONCEPT_TYPES)
-        one_of(self, "regions", REGIONS)
-        one_of(self, "template", TEMPLATES)
-        one_of(self, "auto_preserve", AUTO_PRESERVE)
+        super().validate()
         if not 0 < self.attention_threshold < 1:
             raise EraseLabError(f"config attention_threshold must be between 0 and 1, got "
                                 f"{self.attention_threshold}")

@@ -54,7 +54,16 @@ from typing import ClassVar
 import torch
 
 from ..errors import EraseLabError
-from .base import Eraser, EraseRequest, Recipe, Reference, non_negative, one_of, positive
+from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Eraser,
+    EraseRequest,
+    OneOf,
+    Recipe,
+    Reference,
+    setting,
+)
 from .registry import register
 from .uce import (
     UCE,
@@ -78,21 +87,35 @@ SELECT_EPOCH_CHOICES = ("validation", "last")
 
 @dataclass
 class RECEConfig(UCEConfig):
-    epochs: int = 3
-    embedding_lam: float = 0.1
-    reedit_lam: float = 0.1
-    reedit_erase_scale: float = 1.0
-    reedit_preserve_scale: float = 0.1
-    reedit_tokens: str = "all"
-    reedit_retain: str = "empty_per_target"
-    keep_targets: bool = False
-    select_epoch: str = "validation"
-    validation_evaluator: str = "auto"
-    validation_per_class: int = 10
-    validation_steps: int = 50
-    validation_samples: int = 1
-    validation_guidance: float = 7.5
-    validation_seed: int = 0
+    epochs: int = setting(3, "rounds of adversarial-embedding search and re-edit (nudity: 3, objects: 1; "
+                          "epochs=k is the official model after epoch k, 0 the UCE start)", NON_NEGATIVE)
+    embedding_lam: float = setting(0.1, "λ_c of the closed-form adversarial embedding (nudity 0.1, objects "
+                                   "1e-3)", POSITIVE)
+    reedit_lam: float = setting(0.1, "λ of each re-edit (official 0.1)", POSITIVE)
+    reedit_erase_scale: float = setting(1.0, "s_e of each re-edit", NON_NEGATIVE)
+    reedit_preserve_scale: float = setting(0.1, "s_p of each re-edit (official 0.1)", NON_NEGATIVE)
+    reedit_tokens: str = setting("all", "rows whose c′ is erased: all 77 aligned position by position with "
+                                 "the guide's (official), or last_to_end / last as UCE's tokens",
+                                 OneOf(REEDIT_TOKEN_CHOICES))
+    reedit_retain: str = setting("empty_per_target", "texts each re-edit retains (rows: preserve_tokens): "
+                                 "empty_per_target (' ' once per target; train.py) or same_as_uce ('' and "
+                                 "the preserved concepts, as the UCE stage; train_object.py)",
+                                 OneOf(REEDIT_RETAIN_CHOICES))
+    keep_targets: bool = setting(False, "eraselab option: keep the original target rows in every re-edit's "
+                                 "erase set")
+    select_epoch: str = setting("validation", "validation (official: keep the model the recipe's detector "
+                                "rule picks) or last (the last epoch, no images generated)",
+                                OneOf(SELECT_EPOCH_CHOICES))
+    validation_evaluator: str = setting("auto", "judge of the validation images: auto (miniworld: its "
+                                        "oracle; nudity: nudenet; object: imagenet ResNet-50) or an "
+                                        "evaluator name")
+    validation_per_class: int = setting(10, "validation prompts per class (the official CSVs hold 10)",
+                                        POSITIVE)
+    validation_steps: int = setting(50, "sampling steps of validation images (official 50, LMS)", POSITIVE)
+    validation_samples: int = setting(1, "images per validation prompt (official 1)", POSITIVE)
+    validation_guidance: float = setting(
+        7.5, "guidance scale of validation images (official 7.5)", NON_NEGATIVE)
+    validation_seed: int = setting(0, "first seed of validation prompts the CSVs have no seed for")
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe(
@@ -122,51 +145,9 @@ class RECEConfig(UCEConfig):
     # Validation images take the 25 steps miniworld's suites draw with.
     miniworld: ClassVar[dict] = {**UCEConfig.miniworld, "epochs": 1, "reedit_lam": 10.0,
                                  "validation_steps": 25}
-    help: ClassVar[dict] = {
-        **UCEConfig.help,
-        "epochs": (
-            "rounds of adversarial-embedding search and re-edit (nudity: 3, objects: 1; "
-            "epochs=k is the official model after epoch k, 0 the UCE start)"
-        ),
-        "embedding_lam": "λ_c of the closed-form adversarial embedding (nudity 0.1, objects 1e-3)",
-        "reedit_lam": "λ of each re-edit (official 0.1)",
-        "reedit_erase_scale": "s_e of each re-edit",
-        "reedit_preserve_scale": "s_p of each re-edit (official 0.1)",
-        "reedit_tokens": (
-            "rows whose c′ is erased: all 77 aligned position by position with the "
-            "guide's (official), or last_to_end / last as UCE's tokens"
-        ),
-        "reedit_retain": (
-            "texts each re-edit retains (rows: preserve_tokens): empty_per_target "
-            "(' ' once per target; train.py) or same_as_uce ('' and the preserved "
-            "concepts, as the UCE stage; train_object.py)"
-        ),
-        "keep_targets": "eraselab option: keep the original target rows in every re-edit's erase set",
-        "select_epoch": (
-            "validation (official: keep the model the recipe's detector rule "
-            "picks) or last (the last epoch, no images generated)"
-        ),
-        "validation_evaluator": (
-            "judge of the validation images: auto (miniworld: "
-            "its oracle; nudity: nudenet; object: imagenet "
-            "ResNet-50) or an evaluator name"
-        ),
-        "validation_per_class": "validation prompts per class (the official CSVs hold 10)",
-        "validation_steps": "sampling steps of validation images (official 50, LMS)",
-        "validation_samples": "images per validation prompt (official 1)",
-        "validation_guidance": "guidance scale of validation images (official 7.5)",
-        "validation_seed": "first seed of validation prompts the CSVs have no seed for",
-    }
 
     def validate(self) -> None:
         super().validate()
-        positive(self, "embedding_lam", "reedit_lam")
-        non_negative(self, "epochs", "reedit_erase_scale", "reedit_preserve_scale")
-        one_of(self, "reedit_tokens", REEDIT_TOKEN_CHOICES)
-        one_of(self, "reedit_retain", REEDIT_RETAIN_CHOICES)
-        one_of(self, "select_epoch", SELECT_EPOCH_CHOICES)
-        positive(self, "validation_per_class", "validation_steps", "validation_samples")
-        non_negative(self, "validation_guidance")
         if self.validation_evaluator != "auto":
             from ..evaluators import evaluator_names
 

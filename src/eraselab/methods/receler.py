@@ -56,7 +56,16 @@ from ..edits import Edit, applied_edit
 from ..errors import EraseLabError
 from ..models import fingerprint
 from ..threads import rebalance_threads
-from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, positive
+from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Eraser,
+    EraseRequest,
+    MethodConfig,
+    Recipe,
+    Reference,
+    setting,
+)
 from .diffusion import NoiseSchedule, latent_shape, rollout, unet_out
 from .esd import esd_target
 from .registry import register
@@ -88,20 +97,24 @@ class AdapterEraser(torch.nn.Module):
 
 @dataclass
 class ReceLerConfig(MethodConfig):
-    iterations: int = 500
-    lr: float = 3e-4
-    eraser_rank: int = 128
-    negative_guidance: float = 1.0
-    rollout_guidance: float = 3.0
-    ddim_steps: int = 50
-    concept_reg_weight: float = 0.1
-    mask_threshold: float = 0.1
-    mask_map_size: int = 16
-    adversarial_iterations: int = 50
-    adversarial_prompts: int = 16
-    adversarial_lr: float = 0.1
-    adversarial_weight_decay: float = 0.1
-    insert_adversarial: bool = False
+    iterations: int = setting(500, "training steps (batch 1, one target per step)", POSITIVE)
+    lr: float = setting(3e-4, "Adam learning rate of the erasers", POSITIVE)
+    eraser_rank: int = setting(128, "hidden width of each eraser", POSITIVE)
+    negative_guidance: float = setting(1.0, "η of ESD's target ε*(∅) − η(ε*(c) − ε*(∅))")
+    rollout_guidance: float = setting(3.0, "CFG scale of the partial rollout")
+    ddim_steps: int = setting(50, "DDIM steps of the sampler the partial rollout stops inside", POSITIVE)
+    concept_reg_weight: float = setting(0.1, "weight of the concept-localised regulariser", NON_NEGATIVE)
+    mask_threshold: float = setting(0.1, "threshold of the min-max normalised attention map", POSITIVE)
+    mask_map_size: int = setting(16, "side of the cross-attention maps the mask averages (16 = SD 1.x at "
+                                 "512 px; 0 = the model's coarsest outside the mid block)", NON_NEGATIVE)
+    adversarial_iterations: int = setting(
+        50, "attack steps per iteration (run only with insert_adversarial)", POSITIVE)
+    adversarial_prompts: int = setting(16, "learned adversarial embeddings per target", POSITIVE)
+    adversarial_lr: float = setting(0.1, "Adam learning rate of the adversarial embeddings", POSITIVE)
+    adversarial_weight_decay: float = setting(
+        0.1, "Adam weight decay of the adversarial embeddings", NON_NEGATIVE)
+    insert_adversarial: bool = setting(False, "eraselab's fix: feed the adversarial embeddings to the "
+                                       "erasers' training (the official code never does)")
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe(
@@ -118,34 +131,9 @@ class ReceLerConfig(MethodConfig):
     # erasers move within fewer iterations (chosen by trials on "circle" only; recorded in the report).
     miniworld: ClassVar[dict] = {"iterations": 200, "lr": 1e-3, "ddim_steps": 20, "mask_map_size": 0,
                                  "eraser_rank": 32}
-    help: ClassVar[dict] = {
-        **MethodConfig.help,
-        "iterations": "training steps (batch 1, one target per step)",
-        "lr": "Adam learning rate of the erasers",
-        "eraser_rank": "hidden width of each eraser",
-        "negative_guidance": "η of ESD's target ε*(∅) − η(ε*(c) − ε*(∅))",
-        "rollout_guidance": "CFG scale of the partial rollout",
-        "ddim_steps": "DDIM steps of the sampler the partial rollout stops inside",
-        "concept_reg_weight": "weight of the concept-localised regulariser",
-        "mask_threshold": "threshold of the min-max normalised attention map",
-        "mask_map_size": (
-            "side of the cross-attention maps the mask averages (16 = SD 1.x "
-            "at 512 px; 0 = the model's coarsest outside the mid block)"
-        ),
-        "adversarial_iterations": "attack steps per iteration (run only with insert_adversarial)",
-        "adversarial_prompts": "learned adversarial embeddings per target",
-        "adversarial_lr": "Adam learning rate of the adversarial embeddings",
-        "adversarial_weight_decay": "Adam weight decay of the adversarial embeddings",
-        "insert_adversarial": (
-            "eraselab's fix: feed the adversarial embeddings to the "
-            "erasers' training (the official code never does)"
-        ),
-    }
 
     def validate(self) -> None:
-        positive(self, "iterations", "lr", "eraser_rank", "ddim_steps", "mask_threshold",
-                 "adversarial_iterations", "adversarial_prompts", "adversarial_lr")
-        non_negative(self, "concept_reg_weight", "adversarial_weight_decay", "mask_map_size")
+        super().validate()
         if self.mask_threshold > 1:
             raise EraseLabError(f"config mask_threshold must be at most 1 (the map is normalised to [0, 1]), "
                                 f"got {self.mask_threshold}")

@@ -21,7 +21,15 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 from ..guidance import SLD_STRENGTHS, SafeLatentGuidance
-from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, one_of
+from .base import (
+    Eraser,
+    EraseRequest,
+    MethodConfig,
+    OneOf,
+    Recipe,
+    Reference,
+    setting,
+)
 from .inference import guidance_edit
 from .registry import register
 
@@ -33,19 +41,14 @@ PAPER = Reference("ml-research/safe-latent-diffusion", "2a060e0e3f3fa46aeaa5110a
 
 @dataclass
 class SLDConfig(MethodConfig):
-    strength: str = "medium"
+    strength: str = setting("medium", "weak, medium, strong or max (diffusers' SafetyConfig values)",
+                            OneOf(STRENGTHS))
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe("paper", PAPER, "the paper's SLD pipeline (= diffusers' StableDiffusionPipelineSafe), MEDIUM "
                                "hyper-parameters; weak / strong / max via strength"),)
 
     miniworld: ClassVar[dict] = {"strength": "max"}
-
-    help: ClassVar[dict] = {**MethodConfig.help,
-                            "strength": "weak, medium, strong or max (diffusers' SafetyConfig values)"}
-
-    def validate(self) -> None:
-        one_of(self, "strength", tuple(STRENGTHS))
 
 
 @register

@@ -45,7 +45,16 @@ from .. import edits
 from ..edit_modules import MODULE_KINDS, AddedModule, ModuleSpec, attach, attached_modules
 from ..errors import EraseLabError
 from ..threads import rebalance_threads
-from .base import Eraser, EraseRequest, MethodConfig, Recipe, Reference, non_negative, positive
+from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
+    Eraser,
+    EraseRequest,
+    MethodConfig,
+    Recipe,
+    Reference,
+    setting,
+)
 from .diffusion import NoiseSchedule, rollout
 from .registry import register
 from .text import PromptEncoder, concept_prompt
@@ -59,23 +68,27 @@ ADAPTER_KIND = "spm_adapter"
 
 @dataclass
 class SPMConfig(MethodConfig):
-    iterations: int = 3000
-    lr: float = 1e-4
-    rank: int = 1
-    alpha: float = 1.0
-    lr_warmup_steps: int = 500
-    lr_cycles: int = 3
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 0.0
-    max_denoising_steps: int = 30
-    rollout_guidance: float = 3.0
-    negative_guidance: float = 1.0
-    la_strength: float = 1000.0
-    anchors: int = 4
-    resolution: int = 512
-    dynamic_resolution: bool = True
-    transport: bool = True
-    transport_power: float = 2.0
+    iterations: int = setting(3000, "training steps (batch 1)", POSITIVE)
+    lr: float = setting(1e-4, "peak learning rate of AdamW (the reference: AdamW8bit)", POSITIVE)
+    rank: int = setting(1, "adapter rank (SPM: 1, the one-dimensional membrane)", POSITIVE)
+    alpha: float = setting(1.0, "adapter alpha; the adapter output is scaled by alpha/rank", POSITIVE)
+    lr_warmup_steps: int = setting(500, "linear warm-up steps of the cosine-with-restarts schedule",
+                                   NON_NEGATIVE)
+    lr_cycles: int = setting(3, "hard restarts of the cosine schedule", POSITIVE)
+    weight_decay: float = setting(1e-2, "AdamW weight decay", NON_NEGATIVE)
+    max_grad_norm: float = setting(0.0, "gradient-norm clip (0 = none, as the reference)", NON_NEGATIVE)
+    max_denoising_steps: int = setting(30, "DDIM steps of the training rollouts", POSITIVE)
+    rollout_guidance: float = setting(3.0, "CFG scale of the rollouts")
+    negative_guidance: float = setting(1.0, "η of the erase target (the prompt's guidance_scale)")
+    la_strength: float = setting(1000.0, "weight λ of the latent-anchoring loss", NON_NEGATIVE)
+    anchors: int = setting(4, "anchor embeddings sampled per step (sampling_batch_size; even)", POSITIVE)
+    resolution: int = setting(512, "training image size in pixels (0 = the model's own)", NON_NEGATIVE)
+    dynamic_resolution: bool = setting(True, "draw height and width per step from [size/2, size) in 64 px "
+                                       "steps")
+    transport: bool = setting(True, "facilitated transport: scale the adapters per prompt by its "
+                              "similarity to the erased concept (off: always 1)")
+    transport_power: float = setting(2.0, "the adapter output scales by m^power (reference: 2, every "
+                                     "adapter tensor multiplied by m)", NON_NEGATIVE)
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe("official", REFERENCE,
@@ -87,32 +100,9 @@ class SPMConfig(MethodConfig):
     # warm-up, and a shorter DDIM schedule; chosen by trials on target circle (benchmarks/RESULTS.md).
     miniworld: ClassVar[dict] = {"iterations": 300, "lr": 2e-3, "lr_warmup_steps": 30,
                                  "max_denoising_steps": 20, "resolution": 0, "dynamic_resolution": False}
-    help: ClassVar[dict] = {**MethodConfig.help,
-                            "iterations": "training steps (batch 1)",
-                            "lr": "peak learning rate of AdamW (the reference: AdamW8bit)",
-                            "rank": "adapter rank (SPM: 1, the one-dimensional membrane)",
-                            "alpha": "adapter alpha; the adapter output is scaled by alpha/rank",
-                            "lr_warmup_steps": "linear warm-up steps of the cosine-with-restarts schedule",
-                            "lr_cycles": "hard restarts of the cosine schedule",
-                            "weight_decay": "AdamW weight decay",
-                            "max_grad_norm": "gradient-norm clip (0 = none, as the reference)",
-                            "max_denoising_steps": "DDIM steps of the training rollouts",
-                            "rollout_guidance": "CFG scale of the rollouts",
-                            "negative_guidance": "η of the erase target (the prompt's guidance_scale)",
-                            "la_strength": "weight λ of the latent-anchoring loss",
-                            "anchors": "anchor embeddings sampled per step (sampling_batch_size; even)",
-                            "resolution": "training image size in pixels (0 = the model's own)",
-                            "dynamic_resolution": "draw height and width per step from [size/2, size) in "
-                                                  "64 px steps",
-                            "transport": "facilitated transport: scale the adapters per prompt by its "
-                                         "similarity to the erased concept (off: always 1)",
-                            "transport_power": "the adapter output scales by m^power (reference: 2, every "
-                                               "adapter tensor multiplied by m)"}
 
     def validate(self) -> None:
-        positive(self, "iterations", "lr", "rank", "alpha", "lr_cycles", "max_denoising_steps", "anchors")
-        non_negative(self, "lr_warmup_steps", "weight_decay", "max_grad_norm", "la_strength", "resolution",
-                     "transport_power")
+        super().validate()
         if self.max_denoising_steps < 2:
             raise EraseLabError("config max_denoising_steps must be at least 2 (the rollout length is drawn "
                                 "from 1 to max_denoising_steps − 1)")

@@ -45,15 +45,16 @@ from .. import edits
 from ..domain import Domain
 from ..errors import EraseLabError
 from .base import (
+    NON_NEGATIVE,
+    POSITIVE,
     Eraser,
     EraseRequest,
     MethodConfig,
+    OneOf,
     Recipe,
     Reference,
     model_family,
-    non_negative,
-    one_of,
-    positive,
+    setting,
 )
 from .params import kv_projections
 from .registry import register
@@ -108,22 +109,36 @@ def preserved_concepts(targets, preserve, mode: str, domain: Domain) -> list[str
 
 @dataclass
 class UCEConfig(MethodConfig):
-    guide: str = ""
-    lam: float = 0.5
-    erase_scale: float = 1.0
-    preserve_scale: float = AUTO_SCALE
-    tokens: str = "last_to_end"
-    preserve_tokens: str = "all"
-    retain_empty: bool = True
-    check: bool = False
-    check_prompts: int = 32
-    template: str = "auto"
-    auto_preserve: str = "auto"
-    min_diversity: float = 0.2
-    max_unrelated_change: float = 1.0
-    max_norm_growth: float = 10.0
-    t5_tokens: int = 0
-    flux_target_bias: bool = True
+    guide: str = setting("", 'concept the targets are mapped to ("" for objects, "art" for styles)')
+    lam: float = setting(0.5, "λ, weight of ‖W − W_old‖² (keeps the edit small)", POSITIVE)
+    erase_scale: float = setting(1.0, "s_e, weight of the erase terms", NON_NEGATIVE)
+    preserve_scale: float = setting(AUTO_SCALE, "s_p, weight of the retained texts' terms; auto (stored as "
+                                    "-1) = max(0.1, 1/|retained texts|) as the paper's script")
+    tokens: str = setting("last_to_end", "target rows: last_to_end (last word token to the end, aligned "
+                          "with the guide's; paper) or last (word token only; current)", OneOf(TOKEN_CHOICES))
+    preserve_tokens: str = setting("all", "rows of each retained text: all 77 (paper), last_to_end, or "
+                                   "last (current)", OneOf(PRESERVE_TOKEN_CHOICES))
+    retain_empty: bool = setting(True, "also retain the empty prompt '' (paper: true)")
+    check: bool = setting(False, "eraselab option: refuse an edit that collapses outputs (see the three "
+                          "limits); never changes the weights")
+    check_prompts: int = setting(32, "unrelated vocabulary words the collapse check probes", NON_NEGATIVE)
+    template: str = setting("auto", "prompt each erased/preserved concept is written into before encoding: "
+                            "'{}' = the bare concept (reference code); auto = 'a {}' on the miniworld "
+                            "model (its captions' form), '{}' elsewhere")
+    auto_preserve: str = setting("auto", "world = also preserve every other class of the domain "
+                                 "(miniworld's or the taxonomy's); none; auto = world on the miniworld "
+                                 "model, none elsewhere", OneOf(AUTO_PRESERVE))
+    min_diversity: float = setting(0.2, "refuse if unrelated words' outputs span fewer than this × the "
+                                   "directions they spanned before (participation ratio)")
+    max_unrelated_change: float = setting(
+        1.0, "refuse if unrelated prompts' outputs move more than this × their norm")
+    max_norm_growth: float = setting(10.0, "refuse if a projection's Frobenius norm grows more than this ×")
+    t5_tokens: int = setting(0, "Flux: T5 sequence length the texts are encoded at (0 = as "
+                             "uce_flux_edit.py: 256 on -schnell, i.e. without guidance embedding, else 512)",
+                             NON_NEGATIVE)
+    flux_target_bias: bool = setting(True, "Flux: v* = W c + b as uce_flux_edit.py (true; the edited layer "
+                                     "then adds b once more); false (eraselab option) = v* = W c, so "
+                                     "outputs, bias included, match the old ones")
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe(
@@ -161,53 +176,6 @@ class UCEConfig(MethodConfig):
     # miniworld preserves the world's other classes (auto_preserve), ~1,200 text rows against the target's ~75
     # in a 64-wide space, so the preserve terms need a smaller weight than the paper's max(0.1, 1/|retained|).
     miniworld: ClassVar[dict] = {"preserve_scale": 0.03}
-    help: ClassVar[dict] = {
-        **MethodConfig.help,
-        "guide": 'concept the targets are mapped to ("" for objects, "art" for styles)',
-        "lam": "λ, weight of ‖W − W_old‖² (keeps the edit small)",
-        "erase_scale": "s_e, weight of the erase terms",
-        "preserve_scale": (
-            "s_p, weight of the retained texts' terms; auto (stored as -1) = "
-            "max(0.1, 1/|retained texts|) as the paper's script"
-        ),
-        "tokens": (
-            "target rows: last_to_end (last word token to the end, aligned with the "
-            "guide's; paper) or last (word token only; current)"
-        ),
-        "preserve_tokens": "rows of each retained text: all 77 (paper), last_to_end, or last (current)",
-        "retain_empty": "also retain the empty prompt '' (paper: true)",
-        "check": (
-            "eraselab option: refuse an edit that collapses outputs (see the three "
-            "limits); never changes the weights"
-        ),
-        "check_prompts": "unrelated vocabulary words the collapse check probes",
-        "template": (
-            "prompt each erased/preserved concept is written into before encoding: "
-            "'{}' = the bare concept (reference code); auto = 'a {}' on the miniworld "
-            "model (its captions' form), '{}' elsewhere"
-        ),
-        "auto_preserve": (
-            "world = also preserve every other class of the domain "
-            "(miniworld's or the taxonomy's); none; auto = world on the "
-            "miniworld model, none elsewhere"
-        ),
-        "min_diversity": (
-            "refuse if unrelated words' outputs span fewer than this × the directions "
-            "they spanned before (participation ratio)"
-        ),
-        "max_unrelated_change": "refuse if unrelated prompts' outputs move more than this × their norm",
-        "max_norm_growth": "refuse if a projection's Frobenius norm grows more than this ×",
-        "t5_tokens": (
-            "Flux: T5 sequence length the texts are encoded at (0 = as "
-            "uce_flux_edit.py: 256 on -schnell, i.e. without guidance embedding, "
-            "else 512)"
-        ),
-        "flux_target_bias": (
-            "Flux: v* = W c + b as uce_flux_edit.py (true; the edited layer "
-            "then adds b once more); false (eraselab option) = v* = W c, "
-            "so outputs, bias included, match the old ones"
-        ),
-    }
 
     @classmethod
     def build(cls, overrides: dict, pipe=None, method: str = ""):
@@ -218,14 +186,10 @@ class UCEConfig(MethodConfig):
         return super().build(overrides, pipe=pipe, method=method)
 
     def validate(self) -> None:
-        positive(self, "lam")
-        non_negative(self, "erase_scale", "check_prompts", "t5_tokens")
+        super().validate()
         if not (self.preserve_scale >= 0 or self.preserve_scale == AUTO_SCALE):
             raise EraseLabError(f"config preserve_scale must be zero or positive, or auto (-1), got "
                                 f"{self.preserve_scale}")
-        one_of(self, "tokens", TOKEN_CHOICES)
-        one_of(self, "preserve_tokens", PRESERVE_TOKEN_CHOICES)
-        one_of(self, "auto_preserve", AUTO_PRESERVE)
         if self.template != "auto" and "{}" not in self.template:
             raise EraseLabError(f"template {self.template!r} has no {{}} for the concept; use e.g. 'a {{}}'")
 
