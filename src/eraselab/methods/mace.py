@@ -147,7 +147,9 @@ class MACEConfig(MethodConfig):
     template: str = setting("auto", "prompts: official (the photo/art templates), domain (the domain's "
                             "captions: on a closed world its attribute phrases), auto (domain on the "
                             "miniworld model, else official)", OneOf(TEMPLATES))
-    auto_preserve: str = setting("auto", bound=OneOf(AUTO_PRESERVE))
+    auto_preserve: str = setting("auto", "concepts the closed-form stage also preserves: world = every other "
+                                 "class of the domain; none; auto = world on a closed-world domain "
+                                 "(miniworld's), none elsewhere", OneOf(AUTO_PRESERVE))
 
     recipes: ClassVar[tuple[Recipe, ...]] = (
         Recipe(
