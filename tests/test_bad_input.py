@@ -172,6 +172,8 @@ CASES = [
     ("precision-zero", BENCH + " --precision 0", "--precision", None),
     ("precision-too-wide", BENCH + " --precision 80", "--precision", None),
     ("precision-text", BENCH + " --precision fine", "--precision", None),
+    ("jobs-zero", BENCH + " --jobs 0", "jobs", None),
+    ("jobs-text", "demo --jobs many --out {out}", "jobs", None),
     ("base-seed-negative", BENCH + " --base-seed -1", "--base-seed", None),
     ("domain-missing", BENCH + " --domain {ws}/nope.yaml", "nope.yaml", None),
     ("guidance-negative", BENCH + " --guidance -1", "guidance", None),

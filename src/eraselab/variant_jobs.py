@@ -38,7 +38,10 @@ def parse_jobs(value) -> int | None:
     except (TypeError, ValueError):
         n = 0
     if n < 1:
-        raise EraseLabError(f"jobs must be a positive integer or auto, got {value!r}; e.g. --jobs 1")
+        raise EraseLabError(
+            f"jobs must be a positive integer or auto, got {value!r}; pass --jobs 1 to prepare the variants "
+            "in one process, or --jobs auto"
+        )
     return n
 
 
