@@ -104,3 +104,43 @@ def test_an_edit_changes_what_the_engine_generates(pipes, family, method, tmp_pa
         images.append(np.asarray(images_for(store, keys)[0], dtype=np.float32))
     assert np.abs(images[0] - images[1]).mean() > 0.5
     assert eraselab.edits.applied_edit(pipe) is None  # generate put the base weights back
+
+
+@pytest.fixture(scope="module")
+def sd2_folder(tmp_path_factory):
+    from eraselab.tiny_families import tiny_random_sd2_pipeline
+
+    folder = tmp_path_factory.mktemp("tiny_sd2")
+    tiny_random_sd2_pipeline(0).save_pretrained(str(folder))
+    return folder
+
+
+@pytest.mark.parametrize("method,config", [("uce", []), ("esd-x", ["iterations=2", "ddim_steps=3"])])
+def test_cli_erase_on_a_saved_sd2_folder(sd2_folder, method, config, tmp_path, capsys):
+    """SD 2.x is the "sd" family (1024-wide text, v-prediction): uce and esd-x erase it with their SD recipes
+    and the edit changes what the engine generates."""
+    import numpy as np
+
+    from eraselab.generate import generate, images_for
+    from eraselab.models import load_pipeline
+    from eraselab.probes import Probe
+    from eraselab.store import RunStore
+
+    folder, out = sd2_folder, tmp_path / "edit"
+    settings = [a for c in config for a in ("--config", c)]
+    code, io = _cli("erase", "--model", folder, "--method", method, "--target", "cat", *settings,
+                    "--out", out, "--device", "cpu", capsys=capsys)
+    assert code == 0, io.err
+    edit = Edit.load(out)
+    assert edit.method == method and edit.tensors
+    text_side = [t for n, t in edit.tensors.items()
+                 if "attn2" in n and n.endswith(("to_k.weight", "to_v.weight"))]
+    assert text_side and all(t.shape[-1] == 1024 for t in text_side)  # the 1024-wide text of SD 2
+    pipe = load_pipeline(str(folder), device="cpu")
+    probe = Probe("a photo of a cat", seed=1, steps=2, height=32, width=32, concepts=("cat",))
+    images = []
+    for e in (None, edit):
+        with RunStore(tmp_path / "store") as store:
+            keys = generate(pipe, [probe], store, edit=e, progress=False)
+            images.append(np.asarray(images_for(store, keys)[0], dtype=np.float32))
+    assert np.abs(images[0] - images[1]).mean() > 0
