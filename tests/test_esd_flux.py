@@ -50,32 +50,18 @@ def text_projection_names(transformer, method):
 def run_two_steps(pipe, method, monkeypatch, seed):
     """Two eraselab ESD steps on Flux; what the second one drew, rolled out and computed, and every
     transformer weight just before the session restored them."""
+    from esd_step_recorder import record_esd_steps
+
     from eraselab.methods import esd_flux
     from eraselab.methods.training import TrainingSession
 
-    seen = {}
-    real_rollout, real_step, real_finish = esd_flux.FluxSteps.rollout, TrainingSession.step, \
-        TrainingSession.finish
-
-    def rollout(self, session, noise, cond, stop, cfg):
-        params = dict(session.unet.named_parameters())
-        theta = {n: params[n].detach().clone() for n in session.names}
-        seen.update(noise=noise.clone(), stop=stop, theta=theta)
-        seen["z"] = real_rollout(self, session, noise, cond, stop, cfg)
-        return seen["z"]
-
-    def step(self, loss):
-        value = real_step(self, loss)
-        seen["loss"] = value
-        seen["grads"] = {n: p.grad.clone() for n, p in zip(self.names, self.trained)}
-        return value
+    seen = record_esd_steps(monkeypatch, esd_flux.FluxSteps)
+    real_finish = TrainingSession.finish
 
     def finish(self, *args, **kwargs):
         seen["trained"] = {n: p.detach().clone() for n, p in self.unet.named_parameters()}
         return real_finish(self, *args, **kwargs)
 
-    monkeypatch.setattr(esd_flux.FluxSteps, "rollout", rollout)
-    monkeypatch.setattr(TrainingSession, "step", step)
     monkeypatch.setattr(TrainingSession, "finish", finish)
     edit = eraselab.erase(pipe, method, ["cat"], iterations=2, ddim_steps=STEPS, lr=1e-3, image_size=SIDE,
                           seed=seed, progress=False)

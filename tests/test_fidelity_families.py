@@ -207,28 +207,11 @@ def esd_sdxl_names(unet, method):
 
 def run_two_steps(pipe, method, monkeypatch):
     """Two eraselab ESD steps on SDXL; what the second one drew, rolled out and computed."""
+    from esd_step_recorder import record_esd_steps
+
     from eraselab.methods import esd_sdxl
-    from eraselab.methods.training import TrainingSession
 
-    seen = {}
-    real_rollout = esd_sdxl.SDXLSteps.rollout
-    real_step = TrainingSession.step
-
-    def rollout(self, session, noise, cond, stop, cfg):
-        params = dict(session.unet.named_parameters())
-        theta = {n: params[n].detach().clone() for n in session.names}
-        seen.update(noise=noise.clone(), stop=stop, theta=theta)
-        seen["z"] = real_rollout(self, session, noise, cond, stop, cfg)
-        return seen["z"]
-
-    def step(self, loss):
-        value = real_step(self, loss)
-        seen["loss"] = value
-        seen["grads"] = {n: p.grad.clone() for n, p in zip(self.names, self.trained)}
-        return value
-
-    monkeypatch.setattr(esd_sdxl.SDXLSteps, "rollout", rollout)
-    monkeypatch.setattr(TrainingSession, "step", step)
+    seen = record_esd_steps(monkeypatch, esd_sdxl.SDXLSteps)
     edit = eraselab.erase(pipe, method, ["cat"], preset="sd", iterations=2, ddim_steps=STEPS, lr=1e-3,
                           image_size=32, seed=2, progress=False)  # seed 2: the second rollout runs 2 steps
     return edit, seen
