@@ -199,7 +199,7 @@ def test_worker_plan_stays_in_one_process_where_workers_cannot_help():
 
     class Pipe:
         def __init__(self, size):
-            self.components = {"unet": torch.nn.Linear(size, 1, bias=False, device="meta")}
+            self.unet = torch.nn.Linear(size, 1, bias=False, device="meta")
 
     small, big = Pipe(10), Pipe(SMALL_MODEL_PARAMETERS + 1)
     assert plan_workers(2, small, "cpu", 4, ["uce"]) == 2

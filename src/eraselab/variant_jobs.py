@@ -45,13 +45,6 @@ def parse_jobs(value) -> int | None:
     return n
 
 
-def model_parameters(pipe) -> int:
-    import torch
-
-    return sum(p.numel() for c in getattr(pipe, "components", {}).values() if isinstance(c, torch.nn.Module)
-               for p in c.parameters())
-
-
 def importable(cls) -> bool:
     """Whether a worker process can import `cls` by its module and name (not one defined in a notebook, a
     script run as __main__, or inside a function)."""
@@ -73,6 +66,8 @@ def plan_workers(requested: int | None, pipe, device, variants: int, methods) ->
     """How many worker processes prepare the variants; 1 means the bench does it itself."""
     import torch
 
+    from .shaped_models import parameter_counts
+
     if requested is None:
         requested = parse_jobs(os.environ.get(ENV_JOBS))
     if requested == 1 or variants < 2 or torch.device(device).type != "cpu":
@@ -80,7 +75,7 @@ def plan_workers(requested: int | None, pipe, device, variants: int, methods) ->
     if worker_modules(methods) is None:
         return 1
     if requested is None:
-        if model_parameters(pipe) > SMALL_MODEL_PARAMETERS:
+        if sum(parameter_counts(pipe).values()) > SMALL_MODEL_PARAMETERS:
             return 1
         requested = torch.get_num_threads()
     return max(1, min(requested, variants))
