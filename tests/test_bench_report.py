@@ -195,7 +195,8 @@ def test_variants_prepared_by_worker_processes_give_the_same_results(bench_run, 
 def test_worker_plan_stays_in_one_process_where_workers_cannot_help():
     import torch
 
-    from eraselab.variant_jobs import SMALL_MODEL_PARAMETERS, parse_jobs, plan_workers
+    from eraselab.models import SMALL_MODEL_PARAMETERS
+    from eraselab.variant_jobs import parse_jobs, plan_workers
 
     class Pipe:
         def __init__(self, size):

@@ -16,6 +16,11 @@ from .pipeline_state import PipelineState, known_state, signature, state_of
 MINIWORLD = "miniworld"
 _TOKENIZER_DIR = "data/clip_tokenizer"
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt", ".pt", ".pth", ".bin")
+# A model under this many parameters is "small" (miniworld-sized). Two decisions read it: the methods' auto
+# preset scales down to the miniworld one when the UNet is small (methods/base.py auto_preset), and the bench
+# prepares variants in CPU worker processes when the whole model is (variant_jobs.plan_workers: each worker
+# holds its own copy, and on a small model one thread per process keeps a core busy).
+SMALL_MODEL_PARAMETERS = 50_000_000
 
 
 def package_path(relative: str) -> Path:

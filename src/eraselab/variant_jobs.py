@@ -24,9 +24,6 @@ from pathlib import Path
 from .errors import EraseLabError
 
 ENV_JOBS = "ERASELAB_JOBS"
-# Above this many parameters one process with all threads is the better use of the cores (and of memory: each
-# worker holds its own copy of the model).
-SMALL_MODEL_PARAMETERS = 50_000_000
 
 
 def parse_jobs(value) -> int | None:
@@ -66,6 +63,7 @@ def plan_workers(requested: int | None, pipe, device, variants: int, methods) ->
     """How many worker processes prepare the variants; 1 means the bench does it itself."""
     import torch
 
+    from .models import SMALL_MODEL_PARAMETERS
     from .shaped_models import parameter_counts
 
     if requested is None:

@@ -30,7 +30,6 @@ from ..errors import EraseLabError, warn_once
 
 PRESETS = ("auto", "sd", "miniworld")
 PRESET_MODELS = {"sd": "Stable Diffusion 1.x-sized models", "miniworld": "the embedded miniworld model"}
-TINY_UNET_PARAMS = 50_000_000
 # How messages and `eraselab methods` name the model families of generation/family.py.
 FAMILY_NAMES = {"sd": "SD 1.x/2.x", "sdxl": "SDXL", "flux": "Flux"}
 
@@ -294,12 +293,12 @@ def model_family(pipe) -> str:
 
 
 def auto_preset(pipe) -> str:
-    from ..models import MINIWORLD, model_source
+    from ..models import MINIWORLD, SMALL_MODEL_PARAMETERS, model_source
 
     unet = getattr(pipe, "unet", None)
     if model_source(pipe) == MINIWORLD:
         return "miniworld"
-    if unet is not None and sum(p.numel() for p in unet.parameters()) < TINY_UNET_PARAMS:
+    if unet is not None and sum(p.numel() for p in unet.parameters()) < SMALL_MODEL_PARAMETERS:
         return "miniworld"
     return "sd"
 
