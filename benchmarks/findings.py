@@ -7,7 +7,11 @@ collateral damage per target class).
                                   [--seeds-per-prompt 8] [--no-run]
 
 Runs are cached in --runs: re-running reuses edits, images and judgments (--no-run only reads the results.json
-files already there). Each verdict is computed from the results by the rule printed beside it:
+files already there). With --no-run, --runs may name several folders (comma-separated), e.g. one per group of
+methods run at different times: each target's methods are merged from every folder that has that target, and
+runs that differ in model, evaluator, seeds, sampler or suites are refused.
+
+Each verdict is computed from the results by the rule printed beside it:
 - each finding is an effect d per target (e.g. ESD's sibling drop minus AP's), averaged over the methods it
   concerns; the pooled effect is the mean over targets with a 95 % bootstrap interval over targets (2,000
   resamples, seed 0): "reproduces" only when that interval excludes 0 in the paper's direction, "opposite"
@@ -39,6 +43,30 @@ EFFECT_RULE = (
     "erasure: target shown ≤ 20 % of the original model's rate; collateral: unrelated-concept drop "
     "≤ 20 pp (point values)"
 )
+
+
+# What must be equal for two runs of one target to be read as one (their methods merged).
+SAME_RUN_KEYS = ("model", "evaluator", "seeds", "base_seed", "sampler", "suite_ids")
+
+
+def merged_results(folders: list[Path], target: str) -> dict | None:
+    """The target's results from every folder that has them, methods merged (first folder wins a clash)."""
+    merged = None
+    for folder in folders:
+        path = folder / target.replace(" ", "_") / "results.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        if merged is None:
+            merged = r
+            continue
+        differ = [k for k in SAME_RUN_KEYS if r.get(k) != merged.get(k)]
+        if differ:
+            raise SystemExit(f"{path} differs from the first run of {target} in {', '.join(differ)}: "
+                             "merge only runs of one model, evaluator, seeds, sampler and suites")
+        for m, mr in r["methods"].items():
+            merged["methods"].setdefault(m, mr)
+    return merged
 
 
 def v(results: dict, method: str, key: str):
@@ -248,7 +276,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--targets", default=",".join(WORLD.classes))
     ap.add_argument("--methods", default="uce,esd-x,ap,rece,negprompt,sld,esd-u,esd-x-strict,age,ca")
-    ap.add_argument("--runs", default="/tmp/eraselab-findings")
+    ap.add_argument("--runs", default="/tmp/eraselab-findings", help="run folder (with --no-run: several, "
+                    "comma-separated, merged per target)")
     ap.add_argument("--seeds-per-prompt", type=int, default=8)
     ap.add_argument(
         "--no-run", action="store_true", help="only read the results.json files already in --runs"
@@ -256,12 +285,16 @@ def main() -> None:
     ap.add_argument("--out", default=str(HERE / "FINDINGS.md"))
     args = ap.parse_args()
     all_results, timings = {}, {}
+    folders = [Path(f) for f in args.runs.split(",") if f.strip()]
+    if len(folders) > 1 and not args.no_run:
+        raise SystemExit("several --runs folders are only read (--no-run); a run writes into one folder")
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-        folder = Path(args.runs) / target.replace(" ", "_")
         if args.no_run:
-            if (folder / "results.json").exists():
-                all_results[target] = json.loads((folder / "results.json").read_text())
+            found = merged_results(folders, target)
+            if found is not None:
+                all_results[target] = found
             continue
+        folder = folders[0] / target.replace(" ", "_")
         start = time.perf_counter()
         # EraseBench's groups are defined for plain concepts; an attributed target ("red circle") gets SEE
         # only.
@@ -273,11 +306,14 @@ def main() -> None:
     if not all_results:
         raise SystemExit(f"no results in {args.runs}")
     r0 = next(iter(all_results.values()))
+    methods_found = ",".join(dict.fromkeys(m for r in all_results.values() for m in r["methods"]))
     lines = [
         "# Findings of the reference papers, measured on miniworld",
         "",
         f"Made by `python benchmarks/findings.py --targets '{','.join(all_results)}' --methods "
-        f"{args.methods} --seeds-per-prompt {args.seeds_per_prompt}`; model fingerprint "
+        f"{methods_found} --seeds-per-prompt {args.seeds_per_prompt}`"
+        + (f" (runs read from {len(folders)} folders, merged per target)" if len(folders) > 1 else "")
+        + f"; model fingerprint "
         f"`{r0['model']['fingerprint']}`, evaluator {r0['evaluator']['name']} v{r0['evaluator']['version']} "
         f"(threshold {r0['evaluator']['config'].get('threshold')}), eraselab {r0['eraselab']}, torch "
         f"{r0['versions'].get('torch')}."
