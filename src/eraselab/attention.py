@@ -333,16 +333,27 @@ class AttentionRecorder:
                                 "on_batch_start or call on_unet_call with the row layout")
         return list(zip(rows, range(n)))
 
-    @torch.no_grad()
-    def _record(self, attn, hidden_states, encoder_hidden_states, attention_mask, name: str) -> None:
+    def _rows_to_record(self, rows: int, call: str, denoiser: str, attribute: str) -> list[tuple[int, int]]:
+        """(row, probe index) of this call's conditional rows whose probes have words to record; [] when
+        nothing is being recorded."""
         b = self._batch
         if b is None or not any(b["groups"]):
-            return
+            return []
         if b["latent"] is None:
-            raise EraseLabError(
-                "the attention recorder saw a cross-attention call before any UNet call; run the "
-                "denoiser through pipe.unet"
-            )
+            raise EraseLabError(f"the attention recorder saw a {call} call before any {denoiser} call; run "
+                                f"the denoiser through pipe.{attribute}")
+        return [(row, i) for row, i in self._cond_rows(rows) if b["groups"][i]]
+
+    def _add(self, probe: int, word: str, attention_map: torch.Tensor) -> None:
+        sums = self._batch["sums"][probe]
+        sums[word] = attention_map if sums[word] is None else sums[word] + attention_map
+
+    @torch.no_grad()
+    def _record(self, attn, hidden_states, encoder_hidden_states, attention_mask, name: str) -> None:
+        pairs = self._rows_to_record(hidden_states.shape[0], "cross-attention", "UNet", "unet")
+        if not pairs:
+            return
+        b = self._batch
         if hidden_states.ndim == 4:
             n_, c, h, w = hidden_states.shape
             hidden_states = hidden_states.view(n_, c, h * w).transpose(1, 2)
@@ -350,9 +361,6 @@ class AttentionRecorder:
         else:
             hw = _grid(hidden_states.shape[1], b["latent"])
         if self.resolutions is not None and max(hw) not in self.resolutions:
-            return
-        pairs = [(row, i) for row, i in self._cond_rows(hidden_states.shape[0]) if b["groups"][i]]
-        if not pairs:
             return
         idx = torch.tensor([row for row, _ in pairs], device=hidden_states.device)
         hs = hidden_states.index_select(0, idx)
@@ -379,8 +387,7 @@ class AttentionRecorder:
                     grid, size=latent, mode="bilinear", align_corners=False
                 )
             for w, m in zip(words, grid[:, 0]):
-                prev = b["sums"][i][w]
-                b["sums"][i][w] = m if prev is None else prev + m
+                self._add(i, w, m)
             b["calls"][i] += 1  # one (layer, step) contribution to this probe's average
 
     @torch.no_grad()
@@ -389,17 +396,13 @@ class AttentionRecorder:
         it), softmax over all keys, the text columns kept; one head at a time to bound memory."""
         from diffusers.models.embeddings import apply_rotary_emb
 
-        b = self._batch
-        if b is None or not any(b["groups"]):
+        pairs = self._rows_to_record(hidden_states.shape[0], "joint-attention", "transformer",
+                                     "transformer")
+        if not pairs:
             return
-        if b["latent"] is None:
-            raise EraseLabError("the attention recorder saw a joint-attention call before any transformer "
-                                "call; run the denoiser through pipe.transformer")
+        b = self._batch
         hw = b["latent"]
         if self.resolutions is not None and max(hw) not in self.resolutions:
-            return
-        pairs = [(row, i) for row, i in self._cond_rows(hidden_states.shape[0]) if b["groups"][i]]
-        if not pairs:
             return
         idx = torch.tensor([row for row, _ in pairs], device=hidden_states.device)
         hs, ehs = hidden_states.index_select(0, idx), encoder_hidden_states.index_select(0, idx)
@@ -418,9 +421,7 @@ class AttentionRecorder:
         for r, (_, i) in enumerate(pairs):
             groups = b["groups"][i]
             for w in groups:
-                m = probs[r][:, groups[w]].sum(-1).view(*hw)
-                prev = b["sums"][i][w]
-                b["sums"][i][w] = m if prev is None else prev + m
+                self._add(i, w, probs[r][:, groups[w]].sum(-1).view(*hw))
             b["calls"][i] += 1
 
     # results
