@@ -49,11 +49,15 @@ EFFECT_RULE = (
 SAME_RUN_KEYS = ("model", "evaluator", "seeds", "base_seed", "sampler", "suite_ids")
 
 
+def target_folder(runs: Path, target: str) -> Path:
+    return runs / target.replace(" ", "_")
+
+
 def merged_results(folders: list[Path], target: str) -> dict | None:
     """The target's results from every folder that has them, methods merged (first folder wins a clash)."""
     merged = None
     for folder in folders:
-        path = folder / target.replace(" ", "_") / "results.json"
+        path = target_folder(folder, target) / "results.json"
         if not path.exists():
             continue
         r = json.loads(path.read_text())
@@ -294,7 +298,7 @@ def main() -> None:
             if found is not None:
                 all_results[target] = found
             continue
-        folder = folders[0] / target.replace(" ", "_")
+        folder = target_folder(folders[0], target)
         start = time.perf_counter()
         # EraseBench's groups are defined for plain concepts; an attributed target ("red circle") gets SEE
         # only.
