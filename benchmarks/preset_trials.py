@@ -27,10 +27,9 @@ UNRELATED = 6  # SEE's cap on unrelated concepts per target (suites/see.py max_p
 
 def main() -> None:
     import eraselab
-    from eraselab.generate import generate, images_for
     from eraselab.miniworld.oracle import Oracle
+    from eraselab.miniworld.rates import shown_rate
     from eraselab.miniworld.world import WORLD
-    from eraselab.probes import Probe
     from eraselab.store import RunStore
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -47,9 +46,7 @@ def main() -> None:
     store, oracle = RunStore(tempfile.mkdtemp()), Oracle.load(device=pipe.device)
 
     def rate(concept: str, edit, n: int) -> float:
-        probes = [Probe(prompt=f"a {concept}", seed=s, concepts=(concept,)) for s in range(n)]
-        rows = oracle.predict(images_for(store, generate(pipe, probes, store, edit=edit, progress=False)))
-        return sum(any(o["class"] == concept for o in r["objects"]) for r in rows) / len(rows)
+        return shown_rate(pipe, store, oracle, concept, edit, n)
 
     unrelated = {t: WORLD.unrelated(t)[:UNRELATED] for t in targets}
     base_target = {t: rate(t, None, args.seeds) for t in targets}

@@ -59,14 +59,9 @@ def world(tmp_path_factory):
 
 def rate(pipe, store, oracle, concept, edit, guidance=None) -> float:
     """Share of N seeded "a <concept>" images in which the oracle finds that class."""
-    from eraselab.generate import generate, images_for
-    from eraselab.probes import Probe
+    from eraselab.miniworld.rates import shown_rate
 
-    extra = {} if guidance is None else {"guidance": guidance}
-    probes = [Probe(prompt=f"a {concept}", seed=s, concepts=(concept,), **extra) for s in range(N)]
-    keys = generate(pipe, probes, store, edit=edit, progress=False)
-    rows = oracle.predict(images_for(store, keys))
-    return sum(any(o["class"] == concept for o in r["objects"]) for r in rows) / len(rows)
+    return shown_rate(pipe, store, oracle, concept, edit, N, guidance)
 
 
 @pytest.mark.parametrize("method", METHODS)

@@ -57,6 +57,24 @@ def test_quick_check_passes_for_shipped_model_and_fails_for_random_init(pipe, or
     assert broken["object_acc"] < 0.3
 
 
+def test_shown_rate_counts_the_images_whose_oracle_row_holds_the_class(pipe, oracle, tmp_path):
+    """shown_rate, the effect tests' and preset trials' one count: a fixed oracle answer gives the share of
+    rows naming the class, and the real oracle sees the shipped model's circles on most seeds."""
+    from eraselab.miniworld.rates import shown_rate
+    from eraselab.store import RunStore
+
+    store = RunStore(tmp_path / "store")
+    answers = [[{"class": "circle"}], [{"class": "star"}], [], [{"class": "star"}, {"class": "circle"}]]
+
+    class Fixed:
+        def predict(self, images):
+            assert len(images) == 4
+            return [{"objects": a} for a in answers]
+
+    assert shown_rate(pipe, store, Fixed(), "circle", None, seeds=4) == 0.5
+    assert shown_rate(pipe, store, oracle, "circle", None, seeds=4) >= 0.5
+
+
 def test_warm_start_continues_from_the_shipped_weights(pipe, tmp_path):
     """`train --init miniworld` starts from the shipped UNet/text encoder, keeps the VAE, and records where it
     started; a few seconds of training move the weights a little, not back to a random init."""
