@@ -3,6 +3,7 @@ effect table (benchmarks/findings.py): a target passes when the oracle finds it 
 "a <target>" images as on the original model, and the mean drop over its SEE unrelated classes is ≤ 20 pp.
 
     python benchmarks/preset_trials.py --method mace --split tuning [--configs '[{}, {"lr": 6e-3}]']
+                                       [--targets circle,star]
                                        [--seeds 24] [--unrelated-seeds 16]
 
 Presets are chosen on the tuning half of miniworld's 14 classes and checked on the held-out half (issue 19):
@@ -35,12 +36,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--method", required=True)
     ap.add_argument("--split", choices=sorted(SPLITS), default="tuning")
+    ap.add_argument("--targets", default="", help="comma-separated classes of --split to run (default: "
+                    "all of them), for screening costly methods on part of the tuning half")
     ap.add_argument("--configs", default="[{}]", help="JSON list of config-override dicts ({} = the preset)")
     ap.add_argument("--seeds", type=int, default=24, help="seeds of the target prompt")
     ap.add_argument("--unrelated-seeds", type=int, default=16, help="seeds of each unrelated class's prompt")
     args = ap.parse_args()
     configs = json.loads(args.configs)
     targets = SPLITS[args.split]
+    if args.targets:
+        chosen = [t.strip() for t in args.targets.split(",") if t.strip()]
+        outside = [t for t in chosen if t not in targets]
+        if outside:
+            raise SystemExit(f"--targets {','.join(outside)} not in the {args.split} half "
+                             f"({', '.join(targets)}); pick classes of that half or another --split")
+        targets = tuple(chosen)
 
     pipe = eraselab.load_pipeline("miniworld", device="cpu")
     store, oracle = RunStore(tempfile.mkdtemp()), Oracle.load(device=pipe.device)
