@@ -1,8 +1,8 @@
 """Effect of MACE on the miniworld model, judged by the miniworld oracle (slow; needs the shipped weights).
 
 Erasing the target must drop the oracle's rate for it on "a <target>" prompts to ≤ 20 % of the original
-model's, while an unrelated class keeps ≥ 80 % of its rate. The miniworld preset was tuned on circle only;
-triangle and heart are held out.
+model's, while an unrelated class keeps ≥ 80 % of its rate. The miniworld preset was chosen on the tuning half
+of benchmarks/preset_trials.py (circle among them); triangle and heart are of the held-out half.
 """
 import pytest
 from test_methods_effect import rate, world  # noqa: F401  (the module-scoped fixture and the oracle rate)
@@ -11,14 +11,7 @@ import eraselab
 
 pytestmark = pytest.mark.slow
 
-# Known shortfall of the circle-tuned preset on held-out targets (48 seeds, the report of issue 17): erasing
-# triangle keeps stars at 0.77 of their rate (triangle 1.00→0.15), erasing heart leaves hearts at 0.50 of
-# their rate (circle kept at 0.80). Not strict: a preset that reaches both XPASSes.
-HELD_OUT = pytest.mark.xfail(
-    reason="the circle-tuned preset does not yet meet the limits on held-out targets", strict=False
-)
-CASES = [("circle", "star"), pytest.param("triangle", "star", marks=HELD_OUT),
-         pytest.param("heart", "circle", marks=HELD_OUT)]
+CASES = [("circle", "star"), ("triangle", "star"), ("heart", "circle")]
 
 
 @pytest.mark.parametrize("target,kept", CASES)
