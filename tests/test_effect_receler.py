@@ -1,8 +1,9 @@
 """Receler's effect on the miniworld model, judged by the miniworld oracle (slow; needs the shipped weights).
 
-Its miniworld preset was tuned on "circle" only; "square" and "heart" are held out. Erasing a target must drop
-the oracle's rate of that class on "a <target>" prompts to ≤ 20 % of the original model's, while an unrelated
-class keeps ≥ 80 % of its rate. The edit adds erasers and changes no weight of the model.
+Its miniworld preset was chosen on "circle" and "star" (benchmarks/preset_trials.py's tuning half); "square"
+and "heart" were not tried while choosing it. Erasing a target must drop the oracle's rate of that class on
+"a <target>" prompts to ≤ 20 % of the original model's, while an unrelated class keeps ≥ 80 % of its rate. The
+edit adds erasers and changes no weight of the model.
 """
 import pytest
 from test_methods_effect import rate, world  # noqa: F401  (the module-scoped fixture and the oracle rate)
@@ -11,11 +12,8 @@ import eraselab
 
 pytestmark = pytest.mark.slow
 
-# (target, unrelated class that must survive); the first is the one the preset was tuned on
-# Known shortfall (issue 17's run, 48 seeds): erasing heart leaves hearts at 0.50 of their rate. Not strict: a
-# preset that reaches it XPASSes.
-HELD_OUT_SHORT = pytest.mark.xfail(reason="the circle-tuned preset erases heart only to 50 %", strict=False)
-CASES = [("circle", "star"), ("square", "star"), pytest.param("heart", "circle", marks=HELD_OUT_SHORT)]
+# (target, unrelated class that must survive); the first is one the preset was chosen on
+CASES = [("circle", "star"), ("square", "star"), ("heart", "circle")]
 
 
 @pytest.mark.parametrize("target,kept", CASES)
