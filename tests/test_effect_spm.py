@@ -1,21 +1,17 @@
 """SPM's effect on the miniworld model, judged by the miniworld oracle (slow; needs the shipped weights).
 
-Its miniworld preset was tuned on "circle" only; "square" and "heart" are held out. Erasing a target must drop
-the oracle's rate of that class on "a <target>" prompts to ≤ 20 % of the original model's, while an unrelated
-class keeps ≥ 80 % of its rate.
+Its miniworld preset was chosen on "circle" and "star" (preset_trials.py's tuning half); "square" and "heart"
+were not tried while choosing it. Erasing a target must drop the oracle's rate of that class on "a <target>"
+prompts to ≤ 20 % of the original model's, while an unrelated class keeps ≥ 80 % of its rate.
 """
 import pytest
 from test_methods_effect import rate, world  # noqa: F401  (the module-scoped fixture and the oracle rate)
 
 import eraselab
 
-# Known shortfall (first trial of the miniworld preset, 300 steps at lr 2e-3): circle 0.85 → 0.52 while star
-# kept 0.92 → 0.92; the preset still needs tuning (more steps, a larger lr or a smaller la_strength). Not
-# strict: a preset that erases XPASSes.
-pytestmark = [pytest.mark.slow, pytest.mark.xfail(reason="SPM's miniworld preset does not yet erase to 20 %",
-                                                   strict=False)]
+pytestmark = pytest.mark.slow
 
-# (target, unrelated class that must survive); the first is the one the preset was tuned on
+# (target, unrelated class that must survive); the first is one the preset was chosen on
 CASES = [("circle", "star"), ("square", "star"), ("heart", "circle")]
 
 
